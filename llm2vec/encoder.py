@@ -1,0 +1,313 @@
+"""`LLM2Vec`: a decoder-only LLM used as a text encoder.
+
+    encoder = LLM2Vec.from_pretrained("smollm2-135m", pooling_mode="mean")
+    vectors = encoder.encode(["a sentence", ["Retrieve similar text:", "a query"]])
+    encoder.save("my-encoder")          # from_pretrained("my-encoder") restores it
+
+A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling, max length,
+attention), the trainable peft adapter (plain peft files at the top level), the adapters that were
+merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling weights
+when the pooling mode has any.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from peft import PeftModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from llm2vec.bidirectional import disable_bidirectional, enable_bidirectional, is_bidirectional
+from llm2vec.loading import load_decoder, looks_like_path
+from llm2vec.pooling import Pooling, check_pooling_mode
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "llm2vec_config.json"
+POOLING_WEIGHTS = "pooling.pt"
+PROGRESS_BAR_MIN_ITEMS = 256
+
+
+def is_saved_encoder(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def _is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+class LLM2Vec(nn.Module):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        pooling_mode: str = "mean",
+        max_length: int = 512,
+        enable_bidirectional: bool = True,
+        base_model_name_or_path: str | None = None,
+        merged_adapters: Sequence[str] = (),
+        pooling: Pooling | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling_mode = check_pooling_mode(pooling_mode)
+        self.max_length = max_length
+        self.base_model_name_or_path = base_model_name_or_path
+        self.merged_adapters = list(merged_adapters)
+        self.pooling = pooling or Pooling(pooling_mode, hidden_size=model.config.hidden_size)
+        self._warned_truncation = False
+        self.set_bidirectional(enable_bidirectional)
+        self._adds_bos = _tokenizer_adds_bos(tokenizer)
+
+    # ----------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_name_or_path: str,
+        peft_model_name_or_path: str | None = None,
+        merge_peft: bool = False,
+        enable_bidirectional: bool | None = None,
+        pooling_mode: str | None = None,
+        max_length: int | None = None,
+        **hf_kwargs,
+    ) -> "LLM2Vec":
+        """Load an encoder. `base_model_name_or_path` is a shipped model name (`smollm2-135m`,
+        `gemma3-270m`), a GGUF file, a local directory, a hub id, or a directory written by `save`
+        (or by a training run). Arguments left as None take the saved encoder's values, else
+        bidirectional attention, mean pooling and 512 tokens."""
+        if pooling_mode is not None:
+            check_pooling_mode(pooling_mode)
+        saved, saved_root = {}, None
+        adapters: list[str] = []
+        if is_saved_encoder(base_model_name_or_path):
+            saved_root = Path(base_model_name_or_path)
+            saved = json.loads((saved_root / CONFIG_NAME).read_text())
+            adapters = [str(saved_root / a) for a in saved.get("merged_adapters", [])]
+            if _is_adapter(saved_root):
+                adapters.append(str(saved_root))
+            base_model_name_or_path = saved["base_model_name_or_path"]
+        if peft_model_name_or_path is not None:
+            if not Path(peft_model_name_or_path).exists() and looks_like_path(peft_model_name_or_path):
+                raise FileNotFoundError(f"peft_model_name_or_path {peft_model_name_or_path!r} does not exist")
+            adapters.append(str(peft_model_name_or_path))
+
+        model, tokenizer = load_decoder(base_model_name_or_path, **_hf_kwargs(hf_kwargs))
+        # Every adapter but the last is merged (they were merged before the last one was trained);
+        # the last is merged only on request, so it can keep training.
+        merged = []
+        for adapter in adapters[:-1]:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            merged.append(adapter)
+        if adapters:
+            model = PeftModel.from_pretrained(model, adapters[-1], is_trainable=not merge_peft)
+            if merge_peft:
+                model = model.merge_and_unload()
+                merged.append(adapters[-1])
+
+        pooling_mode = pooling_mode or saved.get("pooling_mode", "mean")
+        encoder = cls(
+            model,
+            tokenizer,
+            pooling_mode=pooling_mode,
+            max_length=max_length or saved.get("max_length", 512),
+            enable_bidirectional=_first_set(enable_bidirectional, saved.get("enable_bidirectional"), True),
+            base_model_name_or_path=base_model_name_or_path,
+            merged_adapters=merged,
+        )
+        pooling_file = saved_root / POOLING_WEIGHTS if saved_root else None
+        if pooling_file is not None and pooling_file.is_file() and pooling_mode == saved["pooling_mode"]:
+            encoder.pooling.load_state_dict(torch.load(pooling_file, map_location="cpu"))
+        encoder.pooling.to(device=encoder.device, dtype=encoder.dtype)
+        return encoder
+
+    def save(self, path: str | Path) -> Path:
+        """Write the encoder to `path`; `LLM2Vec.from_pretrained(path)` gives it back."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        merged_dirs = []
+        for index, adapter in enumerate(self.merged_adapters):
+            target = root / "merged_adapters" / f"{index:02d}"
+            if Path(adapter).resolve() != target.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(adapter, target, ignore=shutil.ignore_patterns("merged_adapters", CONFIG_NAME))
+            merged_dirs.append(str(target.relative_to(root)))
+        if isinstance(self.model, PeftModel):
+            self.model.save_pretrained(root)
+        if any(True for _ in self.pooling.parameters()):
+            torch.save(self.pooling.state_dict(), root / POOLING_WEIGHTS)
+        config = {
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "pooling_mode": self.pooling_mode,
+            "max_length": self.max_length,
+            "enable_bidirectional": self.bidirectional,
+            "merged_adapters": merged_dirs,
+        }
+        (root / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        self.tokenizer.save_pretrained(root)
+        return root
+
+    # ----------------------------------------------------------------- attention
+    @property
+    def bidirectional(self) -> bool:
+        return is_bidirectional(self.model)
+
+    def set_bidirectional(self, enabled: bool) -> None:
+        (enable_bidirectional if enabled else disable_bidirectional)(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ----------------------------------------------------------------- tokenization
+    def tokenize(self, items: Sequence[str | Sequence[str]]) -> dict[str, torch.Tensor]:
+        """Token ids and masks for texts or [instruction, text] pairs. `embed_mask` marks the text
+        tokens (what pooling reads); instruction tokens are attended to but not pooled."""
+        instructions, texts = zip(*(_split_item(item) for item in items))
+        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        instruction_ids = self._instruction_ids(instructions)
+        prefix = [self.tokenizer.bos_token_id] if self._adds_bos else []
+        suffix = [self.tokenizer.eos_token_id] if self.pooling_mode == "eos_token" else []
+        sequences = []
+        for instruction, text in zip(instruction_ids, text_ids):
+            room = self.max_length - len(prefix) - len(instruction) - len(suffix)
+            if len(text) > room:
+                self._warn_truncation()
+                text = text[: max(room, 1)]
+            head = prefix + instruction
+            sequences.append((head, text + suffix))
+        return self._pad(sequences)
+
+    def _instruction_ids(self, instructions: Sequence[str]) -> list[list[int]]:
+        if not any(instructions):
+            return [[] for _ in instructions]
+        return [ids if text else [] for ids, text in zip(
+            self.tokenizer(list(instructions), add_special_tokens=False)["input_ids"], instructions)]
+
+    def _pad(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        length = max(len(head) + len(text) for head, text in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        rows, attention, embed = [], [], []
+        for head, text in sequences:
+            padding = length - len(head) - len(text)
+            ids = head + text
+            att = [1] * len(ids)
+            emb = [0] * len(head) + [1] * len(text)
+            if left:
+                rows.append([pad_id] * padding + ids), attention.append([0] * padding + att)
+                embed.append([0] * padding + emb)
+            else:
+                rows.append(ids + [pad_id] * padding), attention.append(att + [0] * padding)
+                embed.append(emb + [0] * padding)
+        return {
+            "input_ids": torch.tensor(rows, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "embed_mask": torch.tensor(embed, dtype=torch.long),
+        }
+
+    def _warn_truncation(self) -> None:
+        if not self._warned_truncation:
+            logger.warning("some inputs are longer than max_length=%d tokens and were truncated", self.max_length)
+            self._warned_truncation = True
+
+    # ----------------------------------------------------------------- forward and encode
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled embeddings (batch, hidden) of tokenized features, with gradients if enabled."""
+        attention_mask = features["attention_mask"]
+        # Positions count real tokens only, so left padding gives the same positions as none.
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        hidden = self.model(
+            input_ids=features["input_ids"], attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        return self.pooling(hidden, attention_mask, features["embed_mask"])
+
+    def encode(
+        self,
+        sentences: str | Sequence[str | Sequence[str]],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts (or [instruction, text] pairs), float32, in input order. A single string
+        gives one vector; a list gives a matrix."""
+        single = isinstance(sentences, str)
+        items = [sentences] if single else _check_items(sentences)
+        if device is not None:
+            self.to(device)
+        lengths = [len(text) + len(instruction) for instruction, text in map(_split_item, items)]
+        order = np.argsort([-n for n in lengths], kind="stable")
+        if show_progress_bar is None:
+            show_progress_bar = len(items) >= PROGRESS_BAR_MIN_ITEMS
+        was_training = self.training
+        self.eval()
+        chunks = []
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(items), batch_size), desc="Encoding", disable=not show_progress_bar):
+                batch = [items[i] for i in order[start : start + batch_size]]
+                features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
+                chunks.append(self(features).float())
+        self.train(was_training)
+        embeddings = torch.cat(chunks)[torch.from_numpy(np.argsort(order))]
+        if normalize_embeddings:
+            embeddings = nn.functional.normalize(embeddings, dim=-1)
+        if single:
+            embeddings = embeddings[0]
+        if convert_to_tensor:
+            return embeddings
+        return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings.cpu())
+
+
+def _split_item(item: str | Sequence[str]) -> tuple[str, str]:
+    if isinstance(item, str):
+        return "", item
+    instruction, text = item
+    return instruction, text
+
+
+def _check_items(items) -> list:
+    if not isinstance(items, (list, tuple)) or len(items) == 0:
+        raise ValueError("encode() needs a non-empty list of texts or [instruction, text] pairs")
+    for index, item in enumerate(items):
+        ok = isinstance(item, str) or (
+            isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)
+        )
+        if not ok:
+            raise TypeError(
+                f"encode() item {index} is {type(item).__name__} {item!r:.60}: "
+                "expected a string or an [instruction, text] pair of strings"
+            )
+    return list(items)
+
+
+def _tokenizer_adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos is not None and len(ids) > 0 and ids[0] == bos
+
+
+def _first_set(*values):
+    return next(v for v in values if v is not None)
+
+
+def _hf_kwargs(hf_kwargs: dict) -> dict:
+    kwargs = dict(hf_kwargs)
+    if "torch_dtype" in kwargs:  # the pre-5.0 name, still what most users type
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    return kwargs

@@ -1,0 +1,94 @@
+"""Pooling: token states -> one vector per text.
+
+Every mode reads two masks of shape (batch, seq):
+- `attention_mask`: 1 for real tokens (instruction and text), 0 for padding;
+- `embed_mask`: 1 for the tokens that make up the text itself (no instruction, no padding).
+Both left and right padding work: positions are found from the masks, never assumed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token", "latent_attention")
+
+
+def check_pooling_mode(mode: str) -> str:
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling_mode {mode!r}: choose {', '.join(POOLING_MODES)}")
+    return mode
+
+
+def mean_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
+    weights = embed_mask.to(hidden.dtype)
+    return _weighted_sum(hidden, weights / weights.sum(dim=1, keepdim=True).clamp(min=1))
+
+
+def weighted_mean_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
+    """SGPT's position-weighted mean: the k-th text token weighs k, so later tokens (which a causal
+    model has let see more of the text) count more."""
+    positions = embed_mask.cumsum(dim=1) * embed_mask
+    weights = positions.to(hidden.dtype)
+    return _weighted_sum(hidden, weights / weights.sum(dim=1, keepdim=True).clamp(min=1))
+
+
+def last_token_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
+    """The state of the last text token (for `eos_token`, the appended EOS is that token)."""
+    seq = torch.arange(embed_mask.shape[1], device=embed_mask.device)
+    last = (seq * embed_mask).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def bos_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The state of the first real token of the sequence."""
+    first = attention_mask.to(torch.long).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+
+
+def _weighted_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bs,bsd->bd", weights, hidden)
+
+
+class LatentAttention(nn.Module):
+    """NV-Embed's latent-attention pooling: token states (queries) cross-attend to a trainable
+    latent array (keys = values), go through an MLP, then are mean-pooled over the text tokens."""
+
+    def __init__(self, hidden_size: int, num_latents: int = 512, num_heads: int = 8, mlp_ratio: int = 4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(num_latents, hidden_size) * hidden_size**-0.5)
+        self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_ratio * hidden_size),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * hidden_size, hidden_size),
+        )
+
+    def forward(self, hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        attended, _ = self.attention(hidden, latents, latents, need_weights=False)
+        return mean_pool(attended + self.mlp(attended), embed_mask)
+
+
+class Pooling(nn.Module):
+    """One module for every mode, so the encoder and the training stages pool identically."""
+
+    def __init__(self, mode: str = "mean", hidden_size: int | None = None, **latent_kwargs):
+        super().__init__()
+        self.mode = check_pooling_mode(mode)
+        self.latent = None
+        if mode == "latent_attention":
+            if hidden_size is None:
+                raise ValueError("latent_attention pooling needs hidden_size")
+            self.latent = LatentAttention(hidden_size, **latent_kwargs)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mean":
+            return mean_pool(hidden, embed_mask)
+        if self.mode == "weighted_mean":
+            return weighted_mean_pool(hidden, embed_mask)
+        if self.mode in ("eos_token", "last_token"):
+            return last_token_pool(hidden, embed_mask)
+        if self.mode == "bos_token":
+            return bos_token_pool(hidden, attention_mask)
+        return self.latent(hidden, embed_mask)
