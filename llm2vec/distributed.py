@@ -1,0 +1,89 @@
+"""Several devices or processes: FSDP wrapping for any decoder, and sharded encoding.
+
+Encoding on several devices works on torch.distributed's process group (torchrun, SLURM, or
+inside a Lightning DDP run), not on a spawn pool inside the caller's process: each process holds
+one model copy, encodes its shard, and the embeddings are gathered back in input order.
+
+    torchrun --nproc-per-node 8 -m llm2vec.distributed --model <run dir> --input texts.txt --output emb.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+
+def decoder_layer_wrap_policy():
+    """FSDP auto-wrap policy: one unit per decoder layer, whatever the architecture calls it."""
+    return functools.partial(
+        lambda_auto_wrap_policy, lambda_fn=lambda module: type(module).__name__.endswith("DecoderLayer")
+    )
+
+
+def encode_sharded(encoder, sentences: list, **encode_kwargs) -> np.ndarray:
+    """`encoder.encode` split across the processes of the default process group; every process
+    returns all embeddings in input order. Without a process group it is plain `encode`."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return encoder.encode(sentences, **encode_kwargs)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shard = sentences[rank::world]  # round robin: shard sizes differ by at most one
+    per_rank = -(-len(sentences) // world)
+    dim = encoder.model.config.hidden_size
+    local = torch.zeros(per_rank, dim)
+    if shard:
+        encode_kwargs.update(convert_to_tensor=True)
+        local[: len(shard)] = encoder.encode(shard, **encode_kwargs).cpu()
+    device = _collective_device()
+    gathered = [torch.empty(per_rank, dim, device=device) for _ in range(world)]
+    dist.all_gather(gathered, local.to(device))
+    stacked = torch.stack(gathered, dim=1).reshape(per_rank * world, dim)  # row i = sentence i
+    return stacked[: len(sentences)].cpu().numpy()
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Encode a text file (one text per line) on several processes.")
+    parser.add_argument("--model", required=True, help="shipped model name, local dir, hub id or saved encoder")
+    parser.add_argument("--input", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path, help=".npy file written by rank 0")
+    parser.add_argument("--pooling-mode", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default=None)
+    args = parser.parse_args(argv)
+
+    from llm2vec import LLM2Vec
+
+    if not args.input.is_file():
+        raise SystemExit(f"input file {str(args.input)!r} does not exist")
+    texts = [line.rstrip("\n") for line in args.input.open(encoding="utf-8") if line.strip()]
+    if "RANK" in os.environ and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    kwargs = {"dtype": args.dtype} if args.dtype else {}
+    encoder = LLM2Vec.from_pretrained(args.model, pooling_mode=args.pooling_mode, **kwargs)
+    if torch.cuda.is_available():
+        encoder.to(torch.device("cuda", torch.cuda.current_device()))
+    embeddings = encode_sharded(encoder, texts, batch_size=args.batch_size)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        np.save(args.output, embeddings)
+        print(f"wrote {embeddings.shape} embeddings to {args.output}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
