@@ -27,11 +27,11 @@ _STATE = "_llm2vec_bidirectional"
 
 def backbone_of(model: nn.Module) -> nn.Module:
     """The decoder stack (`LlamaModel` inside `LlamaForCausalLM`, or the model itself)."""
-    base = getattr(model, "base_model", model)
-    if hasattr(base, "get_base_model"):  # a peft wrapper: look through it
-        base = base.get_base_model()
-        base = getattr(base, "base_model", base)
-    return base
+    # A peft wrapper: look through it. PeftModel.forward calls `get_base_model()` directly, so a hook
+    # on its `base_model` (the LoraModel) would never run.
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return getattr(model, "base_model", model)
 
 
 def is_bidirectional(model: nn.Module) -> bool:

@@ -1,0 +1,49 @@
+"""Evaluation: STS suites (sts.py), MTEB (mteb.py, needs the `eval` extra) and word-level probes
+(probes.py). `run_evaluation` runs whichever one an eval config (conf/eval/*.yaml) describes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+EVAL_KINDS = ("sts", "mteb", "probes")
+
+
+def run_evaluation(encoder, config: dict, run_dir: str | Path) -> dict:
+    """Run the evaluation that `config` (one conf/eval/*.yaml as a plain dict) describes, print its
+    table and write `<run_dir>/<kind>.json`. `kind` picks the evaluation (default `sts`); the other
+    keys are the arguments of `run_sts_suite`, `run_mteb` or `run_probes`.
+
+    Returns {"kind", "results": {task: scores}, "skipped": {task: why}, "main_score"}, where
+    main_score is the mean Spearman (sts), main score (mteb) or probe accuracy (probes), x100,
+    over the tasks that ran (None if none did)."""
+    config = dict(config)
+    kind = config.pop("kind", "sts")
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"unknown eval kind {kind!r}: choose {', '.join(EVAL_KINDS)}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "sts":
+        from llm2vec.evaluation.sts import format_table, run_sts_suite
+
+        results, skipped = run_sts_suite(encoder, **config)
+        main_key, table = "spearman", format_table(results, skipped)
+    elif kind == "mteb":
+        from llm2vec.evaluation.mteb import format_mteb_table, run_mteb
+
+        output_folder = run_dir / config.pop("output_folder", "mteb")
+        results, skipped = run_mteb(encoder, output_folder=output_folder, **config)
+        main_key, table = "main_score", format_mteb_table(results, skipped)
+    else:
+        from llm2vec.evaluation.probes import format_probe_table, run_probes
+
+        results, skipped = run_probes(encoder, **config)
+        main_key, table = "accuracy", format_probe_table(results, skipped)
+    main_score = float(np.mean([r[main_key] for r in results.values()])) if results else None
+    summary = {"kind": kind, "results": results, "skipped": skipped, "main_score": main_score}
+    print(f"\n== {kind} ({encoder.base_model_name_or_path}, pooling={encoder.pooling_mode}, "
+          f"bidirectional={encoder.bidirectional})\n{table}", flush=True)
+    (run_dir / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,18 +1,33 @@
 """Semantic textual similarity: Spearman and Pearson (x100) of cosine similarity against gold scores.
 
-A task is read from a local TSV (`sentence1<TAB>sentence2<TAB>score[...]`, as in ../shared/data/sts)
-or, online, from a hub dataset with `sentence1`, `sentence2`, `score` columns (e.g.
-`mteb/stsbenchmark-sts`). Scores keep their scale: both correlations ignore it.
+A task is a dict (one entry of `conf/eval/*.yaml`'s `tasks`):
+
+    name: STS12                     # the row in the table and the key in the JSON
+    path: .../sts/STS12-test.tsv    # a local TSV: sentence1<TAB>sentence2<TAB>score[...] (as ../shared/data/sts)
+    hub: mteb/sts12-sts             # used when `path` is missing: a hub dataset with the same columns
+    split: test                     # the hub split
+    score_range: [0, 5]             # the gold scale, mapped to [0, 1] so every task has one scale
+    instruction: "..."              # optional: overrides the suite's instruction for this task
+
+A task with neither a local file nor a reachable hub dataset is skipped, and the reason is reported.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
+
+from llm2vec.evaluation.hub import HubUnavailable, load_hub_dataset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCORE_RANGE = (0.0, 5.0)
+TASK_KEYS = {"name", "path", "hub", "split", "score_range", "instruction"}
 
 
 @dataclass
@@ -21,6 +36,10 @@ class STSPairs:
     sentences1: list[str]
     sentences2: list[str]
     scores: np.ndarray
+
+
+class TaskUnavailable(RuntimeError):
+    """A task's data can be had neither from its local file nor from the hub."""
 
 
 def read_sts_tsv(path: str | Path, name: str | None = None) -> STSPairs:
@@ -40,9 +59,8 @@ def read_sts_tsv(path: str | Path, name: str | None = None) -> STSPairs:
 
 
 def load_hub_sts(dataset: str, split: str = "test", name: str | None = None) -> STSPairs:
-    from datasets import load_dataset
-
-    data = load_dataset(dataset, split=split)
+    """A hub dataset with `sentence1`, `sentence2`, `score` columns; `HubUnavailable` when offline."""
+    data = load_hub_dataset(dataset, split=split)
     return STSPairs(name or dataset, list(data["sentence1"]), list(data["sentence2"]), np.array(data["score"], float))
 
 
@@ -51,6 +69,35 @@ def load_sts(source: str | Path, split: str = "test", name: str | None = None) -
     if Path(source).suffix in (".tsv", ".csv") or Path(source).exists():
         return read_sts_tsv(source, name)
     return load_hub_sts(str(source), split, name)
+
+
+def normalize_scores(scores: np.ndarray, score_range) -> np.ndarray:
+    low, high = (float(x) for x in score_range)
+    if not high > low:
+        raise ValueError(f"score_range {list(score_range)} must be [low, high] with low < high")
+    return (scores - low) / (high - low)
+
+
+def load_task(task: dict) -> STSPairs:
+    """The pairs of one task, gold scores mapped to [0, 1]; `TaskUnavailable` says why there are none."""
+    unknown = set(task) - TASK_KEYS
+    if "name" not in task or unknown:
+        raise ValueError(f"STS task {task!r}: needs `name`; allowed keys are {', '.join(sorted(TASK_KEYS))}")
+    path, hub = task.get("path"), task.get("hub")
+    if path and Path(path).is_file():
+        pairs = read_sts_tsv(path, task["name"])
+    elif hub:
+        try:
+            pairs = load_hub_sts(hub, task.get("split", "test"), task["name"])
+        except HubUnavailable as error:
+            local = f"no local file {path}; " if path else ""
+            raise TaskUnavailable(f"{local}hub dataset {hub} unavailable ({error})") from error
+    elif path:
+        raise TaskUnavailable(f"no local file {path} and no hub dataset named")
+    else:
+        raise ValueError(f"STS task {task['name']!r} names neither a `path` nor a `hub` dataset")
+    pairs.scores = normalize_scores(pairs.scores, task.get("score_range", DEFAULT_SCORE_RANGE))
+    return pairs
 
 
 def cosine_scores(embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarray:
@@ -76,25 +123,42 @@ def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch
     }
 
 
+def run_sts_suite(encoder, tasks: list[dict], instruction: str | None = None, batch_size: int = 64,
+                  show_progress_bar: bool | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """Evaluate every available task. Returns ({task: scores}, {skipped task: why})."""
+    results, skipped = {}, {}
+    for task in tasks:
+        try:
+            pairs = load_task(task)
+        except TaskUnavailable as error:
+            skipped[task["name"]] = str(error)
+            logger.warning("skipped STS task %s: %s", task["name"], error)
+            continue
+        task_instruction = task.get("instruction", instruction)
+        results[task["name"]] = evaluate_sts(encoder, pairs, task_instruction, batch_size, show_progress_bar)
+        results[task["name"]]["instruction"] = task_instruction
+    return results, skipped
+
+
 def evaluate_sts_tasks(encoder, tasks: list[dict], instruction: str | None = None, batch_size: int = 64,
                        show_progress_bar: bool | None = None) -> dict[str, dict]:
-    """Each task is a dict with `name`, and `path` (a local TSV) and/or `hub` + `split` (used when
-    the path is missing). Returns {task name: scores}."""
-    results = {}
-    for task in tasks:
-        path = task.get("path")
-        if path and Path(path).is_file():
-            pairs = read_sts_tsv(path, task["name"])
-        elif task.get("hub"):
-            pairs = load_hub_sts(task["hub"], task.get("split", "test"), task["name"])
-        else:
-            raise FileNotFoundError(f"STS task {task['name']!r}: {path!r} does not exist and no hub dataset is named")
-        results[task["name"]] = evaluate_sts(encoder, pairs, instruction, batch_size, show_progress_bar)
-    return results
+    """{task name: scores} for the tasks that could be loaded; the others are logged as skipped."""
+    return run_sts_suite(encoder, tasks, instruction, batch_size, show_progress_bar)[0]
 
 
-def format_table(results: dict[str, dict]) -> str:
+def average_scores(results: dict[str, dict]) -> dict[str, float] | None:
+    if not results:
+        return None
+    return {key: float(np.mean([r[key] for r in results.values()])) for key in ("spearman", "pearson")}
+
+
+def format_table(results: dict[str, dict], skipped: dict[str, str] | None = None) -> str:
     lines = [f"{'task':<16} {'spearman':>9} {'pearson':>9} {'pairs':>6}"]
     for name, scores in results.items():
         lines.append(f"{name:<16} {scores['spearman']:9.2f} {scores['pearson']:9.2f} {scores['pairs']:6d}")
+    if len(results) > 1:
+        mean = average_scores(results)
+        lines.append(f"{'average':<16} {mean['spearman']:9.2f} {mean['pearson']:9.2f}")
+    for name, reason in (skipped or {}).items():
+        lines.append(f"{name:<16} skipped: {reason}")
     return "\n".join(lines)

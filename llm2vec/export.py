@@ -1,0 +1,105 @@
+"""Export an encoder as a sentence-transformers model that loads bidirectional, pools the same way
+and gives the same embeddings:
+
+    from llm2vec.export import to_sentence_transformers
+    to_sentence_transformers(encoder, "my-st-model")
+    model = SentenceTransformer("my-st-model", trust_remote_code=True)
+    model.encode(["a query"], prompt="Retrieve semantically similar text:")   # prompt = instruction
+
+sentence-transformers' own Transformer module loads a decoder with AutoModel, i.e. causal. So the
+export is one module, `LLM2VecModule`, that wraps an `LLM2Vec` encoder: the decoder weights (adapters
+merged) and tokenizer as plain transformers files, the encoder settings in `llm2vec_module.json`,
+pooling weights (latent attention) in `pooling.pt`. Loading goes through `LLM2Vec.from_pretrained`,
+which makes attention bidirectional. A `prompt` is the instruction: attended to, never pooled.
+
+sentence-transformers (>= 6) imports a module class from outside its own package only with
+`trust_remote_code=True`; the class imported is `llm2vec.export.LLM2VecModule` from the installed
+llm2vec package, no code is read from the model directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from peft import PeftModel
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules.input_module import InputModule
+
+from llm2vec.encoder import LLM2Vec
+
+POOLING_WEIGHTS = "pooling.pt"
+
+
+class LLM2VecModule(InputModule):
+    """A sentence-transformers input module that embeds texts with an `LLM2Vec` encoder."""
+
+    config_file_name = "llm2vec_module.json"
+    config_keys = ["pooling_mode", "max_length", "enable_bidirectional"]
+    save_in_root = True
+
+    def __init__(self, encoder: LLM2Vec):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = encoder.tokenizer
+
+    # ----------------------------------------------------------------- what sentence-transformers calls
+    def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        items = [[prompt, text] for text in inputs] if prompt else list(inputs)
+        return self.encoder.tokenize(items)
+
+    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        features["sentence_embedding"] = self.encoder(features)
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.encoder.model.config.hidden_size
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.encoder.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.encoder.max_length = value
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "pooling_mode": self.encoder.pooling_mode,
+            "max_length": self.encoder.max_length,
+            "enable_bidirectional": self.encoder.bidirectional,
+        }
+
+    # ----------------------------------------------------------------- saving and loading
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        model = self.encoder.model
+        if isinstance(model, PeftModel):  # merge into a copy: the encoder keeps its trainable adapter
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.save_tokenizer(output_path)
+        self.save_config(output_path)
+        if any(True for _ in self.encoder.pooling.parameters()):
+            torch.save(self.encoder.pooling.state_dict(), Path(output_path) / POOLING_WEIGHTS)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", token: bool | str | None = None,
+             cache_folder: str | None = None, revision: str | None = None, local_files_only: bool = False,
+             model_kwargs: dict[str, Any] | None = None, **kwargs) -> "LLM2VecModule":
+        hub = {"token": token, "cache_folder": cache_folder, "revision": revision, "local_files_only": local_files_only}
+        path = Path(cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub))
+        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub)
+        encoder = LLM2Vec.from_pretrained(str(path), **config, **(model_kwargs or {}))
+        if (path / POOLING_WEIGHTS).is_file():
+            encoder.pooling.load_state_dict(torch.load(path / POOLING_WEIGHTS, map_location="cpu"))
+            encoder.pooling.to(device=encoder.device, dtype=encoder.dtype)
+        return cls(encoder)
+
+
+def to_sentence_transformers(encoder: LLM2Vec, path: str | Path, prompts: dict[str, str] | None = None) -> Path:
+    """Write `encoder` as a sentence-transformers model directory; `prompts` (e.g. {"query": "Given a
+    question, retrieve passages that answer it:"}) become the model's named prompts (instructions)."""
+    model = SentenceTransformer(modules=[LLM2VecModule(encoder)], prompts=prompts, device=str(encoder.device))
+    model.save(str(path))
+    return Path(path)
