@@ -1,7 +1,13 @@
 """The Hydra entry point: python run.py model=<name> stage=<stage> [key=value ...]
 
-Builds the encoder a stage starts from, runs the stage, evaluates on STS and writes everything
-(resolved config, metrics.json, the encoder) into the run directory.
+- stage=bidirectional: evaluate a model as it is (or a run dir: stage.init_from=<dir>);
+- stage=mntp | simcse | supervised: train a LoRA adapter with Lightning, save the encoder into the
+  run dir (LLM2Vec.from_pretrained(<run dir>) loads it), evaluate it;
+- stage=pipeline: the stages listed under `pipeline` in a row, each starting from the one before.
+
+Every run dir holds the resolved config.yaml and metrics.json (STS dev/test); training runs add the
+adapter and llm2vec_config.json, csv/metrics.csv (and W&B's offline run) and checkpoints/last.ckpt,
+which `hydra.run.dir=<run dir> resume=true` continues from.
 """
 
 from __future__ import annotations
@@ -13,32 +19,147 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning import Trainer, seed_everything
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from llm2vec.evaluation.sts import evaluate_sts_tasks, format_table
+from llm2vec.evaluation import run_evaluation
 
 ROOT = Path(__file__).resolve().parent
 OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
+
+
+def required(value, name: str):
+    """${required:${key},key}: the value, or a clear error naming the key when it is unset."""
+    if value is None:
+        raise ValueError(f"{name} must be set for this config (e.g. {name}=<dir>)")
+    return value
+
+
+OmegaConf.register_new_resolver("required", required, replace=True)
 log = logging.getLogger("llm2vec")
 
 
-def evaluate(encoder, cfg: DictConfig, run_dir: Path, label: str) -> dict:
-    tasks = OmegaConf.to_container(cfg.eval.tasks, resolve=True)
-    results = evaluate_sts_tasks(encoder, tasks, cfg.eval.instruction, cfg.eval.batch_size)
-    print(f"\n== {label}: STS Spearman x100 ({cfg.model.name}, pooling={cfg.pooling}, "
-          f"bidirectional={encoder.bidirectional})\n{format_table(results)}", flush=True)
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+def evaluate(encoder, cfg: DictConfig, run_dir: Path) -> dict:
+    """Run the eval config on the encoder; metrics.json gets {task: scores}."""
+    print(f"\n== {cfg.stage.name}: {run_dir}", flush=True)
+    summary = run_evaluation(encoder, OmegaConf.to_container(cfg.eval, resolve=True), run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(summary["results"], indent=2) + "\n")
+    return summary["results"]
+
+
+def main_score(scores: dict) -> float | None:
+    return scores.get("spearman", scores.get("main_score", scores.get("accuracy")))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
+    """Fit the stage's LightningModule on its data and save the encoder into run_dir."""
+    module = instantiate(cfg.stage.module)
+    data = instantiate(cfg.data)
+    loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, trainer))
+    if trainer.is_global_zero:
+        module.save(run_dir)
+    return trainer, loggers
+
+
+def checkpoint_to_resume(cfg: DictConfig, trainer: Trainer) -> str | None:
+    if not cfg.resume:
+        return None
+    if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
+        raise ValueError("resume=true needs the model_checkpoint callback (callbacks=default)")
+    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"resume=true: {last} does not exist (name the run: hydra.run.dir=<its run dir>)")
+    return str(last)
+
+
+def log_results(loggers: list, results: dict, step: int) -> None:
+    metrics = {f"eval/{task}/{name}": value for task, scores in results.items()
+               for name, value in scores.items() if isinstance(value, (int, float))}
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # one W&B run per stage, also when a pipeline runs several
 
 
 def run(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Run one stage (or the pipeline); return the first STS task's Spearman (dev, for sweeps)."""
+    if cfg.stage.name == "pipeline":
+        return run_pipeline(cfg)
+    if cfg.stage.get("init_from") is None:  # null: start from the base model
+        cfg.stage.init_from = cfg.model.base_model_name_or_path
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    encoder = instantiate(cfg.encoder)
-    results = evaluate(encoder, cfg, run_dir, cfg.stage.name)
+    seed_everything(cfg.seed, workers=True)
+    loggers, step = [], 0
+    if cfg.stage.get("module") is None:
+        encoder = instantiate(cfg.encoder)
+    else:
+        trainer, loggers = train(cfg, run_dir)
+        if not trainer.is_global_zero:
+            return None
+        # Evaluate what was saved: the artifact a later stage or a user loads.
+        encoder = instantiate(cfg.encoder, base_model_name_or_path=str(run_dir))
+        step = trainer.global_step
+    results = evaluate(encoder, cfg, run_dir)
+    log_results(loggers, results, step)
     first = next(iter(results.values()), None)
-    return first["spearman"] if first else None
+    return main_score(first) if first else None
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+PIPELINE_OWN_KEYS = ("stage", "run_dir", "resume", "hydra")
+
+
+def run_pipeline(cfg: DictConfig) -> float | None:
+    """Each step is an ordinary run composed from the same command line plus `stage=<step>` and the
+    step's overrides, in <run_dir>/<n>-<step>, starting from the last trained step before it."""
+    run_dir = Path(cfg.run_dir)
+    inherited = [o for o in HydraConfig.get().overrides.task if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
+    steps, init_from = [], None
+    for number, (stage, overrides) in enumerate(cfg.pipeline.items(), 1):
+        step_dir = run_dir / f"{number}-{stage}"
+        step_overrides = [*inherited, f"stage={stage}", *overrides, f"run_dir={step_dir}"]
+        if init_from is not None:
+            step_overrides.append(f"stage.init_from={init_from}")
+        if cfg.resume and (step_dir / "checkpoints" / "last.ckpt").is_file():
+            step_overrides.append("resume=true")
+        # Compose every step before running any, so a wrong key fails in seconds, not after training.
+        steps.append((stage, step_dir, hydra.compose("config", overrides=step_overrides)))
+        if steps[-1][2].stage.get("module") is not None:
+            init_from = step_dir
+    results = {}
+    for stage, step_dir, step_cfg in steps:
+        if not (cfg.resume and (step_dir / "metrics.json").is_file()):  # metrics.json: the step finished
+            run(step_cfg)
+        results[stage] = json.loads((step_dir / "metrics.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n== pipeline ({cfg.model.name}): score x100 after each step\n{pipeline_table(results)}", flush=True)
+    last_step = list(results.values())[-1] if results else {}
+    first = next(iter(last_step.values()), None)
+    return main_score(first) if first else None
+
+
+def pipeline_table(results: dict[str, dict]) -> str:
+    tasks = list(next(iter(results.values()), {}))
+    lines = [f"{'step':<16}" + "".join(f"{task:>12}" for task in tasks)]
+    for stage, scores in results.items():
+        values = [main_score(scores.get(task, {})) for task in tasks]
+        lines.append(f"{stage:<16}" + "".join(f"{value if value is not None else float('nan'):12.2f}" for value in values))
+    return "\n".join(lines)
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

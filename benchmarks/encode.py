@@ -1,0 +1,114 @@
+"""Encoding speed: sentences/s and tokens/s embedding the STS-B test sentences, per dtype, each also
+as a fraction of this machine's matmul throughput measured in the same process, plus STS-B test
+Spearman so a faster dtype cannot hide a worse encoder.
+
+    python benchmarks/encode.py                     # SmolLM2-135M, fp32 and bf16, all 2,758 sentences
+    python benchmarks/encode.py --limit 512 --dtypes bfloat16
+
+The CPU may be shared: the matmul calibration runs right before and after each timed encode, in
+this process, so `of matmul` compares like with like; the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from llm2vec import LLM2Vec
+from llm2vec.evaluation.sts import cosine_scores, read_sts_tsv
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "sts" / "STSB-test.tsv"
+
+
+def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
+    """Best-of FLOP/s of square `size` matmuls in `dtype` (best: the least disturbed by other load)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # first call sets up the kernel
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def flops_per_token(encoder: LLM2Vec, mean_length: float) -> float:
+    """Forward FLOPs per token: 2 per weight of the decoder layers (the embedding is a lookup) plus
+    the attention scores and weighted sum over the text, 4 * length * hidden per layer."""
+    config = encoder.model.config
+    embedding = encoder.model.get_input_embeddings().weight.numel()
+    weights = sum(p.numel() for p in encoder.model.parameters()) - embedding
+    return 2 * weights + 4 * mean_length * config.hidden_size * config.num_hidden_layers
+
+
+def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) -> dict:
+    torch_dtype = getattr(torch, dtype)
+    encoder = LLM2Vec.from_pretrained(model, dtype=dtype)
+    tokens = int(encoder.tokenize(sentences)["attention_mask"].sum())
+    encoder.encode(sentences[:256], **encode_kwargs)  # warm-up
+    matmul_before = matmul_flops_per_second(torch_dtype)
+    start = time.perf_counter()
+    vectors = encoder.encode(sentences, show_progress_bar=False, **encode_kwargs)
+    seconds = time.perf_counter() - start
+    matmul_after = matmul_flops_per_second(torch_dtype)
+    matmul = (matmul_before + matmul_after) / 2
+    achieved = tokens * flops_per_token(encoder, tokens / len(sentences)) / seconds
+    n = len(pairs.sentences1)
+    spearman = spearmanr(cosine_scores(vectors[:n], vectors[n:]), pairs.scores).statistic if len(vectors) == 2 * n else None
+    return {
+        "dtype": dtype,
+        "sentences": len(sentences),
+        "tokens": tokens,
+        "seconds": seconds,
+        "sentences_per_s": len(sentences) / seconds,
+        "tokens_per_s": tokens / seconds,
+        "model_gflops_per_s": achieved / 1e9,
+        "matmul_gflops_per_s_before": matmul_before / 1e9,
+        "matmul_gflops_per_s_after": matmul_after / 1e9,
+        "fraction_of_matmul": achieved / matmul,
+        "spearman": None if spearman is None else 100 * float(spearman),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="STS TSV: sentence1, sentence2, score")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-tokens", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="encode only the first N sentences (no Spearman)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    pairs = read_sts_tsv(args.data)
+    sentences = pairs.sentences1 + pairs.sentences2
+    if args.limit:
+        sentences = sentences[: args.limit]
+    encode_kwargs = {"batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens}
+    print(f"{args.model}, {len(sentences)} sentences, {encode_kwargs}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    results = [run(args.model, dtype, sentences, pairs, **encode_kwargs) for dtype in args.dtypes]
+    print(f"{'dtype':<9} {'sent/s':>7} {'tok/s':>7} {'model GFLOP/s':>13} {'matmul GFLOP/s':>15} "
+          f"{'of matmul':>9} {'spearman':>8}")
+    for r in results:
+        matmul = f"{r['matmul_gflops_per_s_before']:.0f}/{r['matmul_gflops_per_s_after']:.0f}"
+        spearman = "-" if r["spearman"] is None else f"{r['spearman']:.2f}"
+        print(f"{r['dtype']:<9} {r['sentences_per_s']:7.1f} {r['tokens_per_s']:7.0f} {r['model_gflops_per_s']:13.0f} "
+              f"{matmul:>15} {r['fraction_of_matmul']:9.1%} {spearman:>8}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Training speed on this machine: MNTP tokens/s and SimCSE sentences/s (SmolLM2-135M, LoRA r16),
+with peak memory and the fraction of the machine's matmul throughput (a big matmul timed in the same
+run) they reach. Variants:
+
+- fp32: float32 weights, no autocast;
+- bf16: bfloat16 weights + bf16 autocast (conf/trainer/cpu.yaml's bf16-mixed), sdpa, LoRA dropout 0.05;
+- bf16 cpu-recipe: the same with eager attention and no LoRA dropout (experiment/smollm2_cpu_pipeline).
+
+    python benchmarks/train.py [--model smollm2-135m] [--steps 5]
+
+Each measurement runs in a fresh process, so its peak memory is its own. A step is what the
+Lightning stage does per batch: forward, backward and the optimizer step. MNTP: 8 blocks of 128
+tokens; SimCSE: 32 wiki sentences (at most 64 tokens) in two dropout views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from llm2vec.data import TextBlocks, read_lines
+from llm2vec.encoder import LLM2Vec
+from llm2vec.stages import MNTP, SimCSE
+from llm2vec.stages.base import skip_adapter_input_casts
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VARIANTS = {
+    "fp32": dict(dtype=torch.float32, attn_implementation="sdpa", lora_dropout=0.05),
+    "bf16": dict(dtype=torch.bfloat16, attn_implementation="sdpa", lora_dropout=0.05),
+    "bf16 cpu-recipe": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0),
+}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def lora(variant: dict) -> dict:
+    return dict(r=16, lora_alpha=32, lora_dropout=variant["lora_dropout"], target_modules=TARGETS)
+
+
+def mntp_setup(model: str, variant: dict, batch_size: int, block_size: int):
+    module = MNTP(model, lora(variant), functools.partial(torch.optim.AdamW, lr=1e-4), dtype=variant["dtype"],
+                  attn_implementation=variant["attn_implementation"])
+    data = TextBlocks(module.tokenizer, [str(DATA / "wikitext2_paragraphs.txt")], block_size=block_size, max_texts=400)
+    data.setup()
+    batch = data.collate(list(range(batch_size)))
+    return module, batch, batch["input_ids"].numel()
+
+
+def simcse_setup(model: str, variant: dict, batch_size: int, max_length: int):
+    encoder = LLM2Vec.from_pretrained(model, dtype=variant["dtype"], max_length=max_length,
+                                      attn_implementation=variant["attn_implementation"])
+    module = SimCSE(encoder, lora(variant), functools.partial(torch.optim.AdamW, lr=1e-4))
+    sentences = read_lines(DATA / "wikitext2_sentences.txt")[:batch_size]
+    return module, sentences, len(sentences)
+
+
+def measure(kind: str, model: str, variant_name: str, steps: int, queue) -> None:
+    torch.manual_seed(0)
+    variant = VARIANTS[variant_name]
+    if kind == "mntp":
+        module, batch, items = mntp_setup(model, variant, batch_size=8, block_size=128)
+    else:
+        module, batch, items = simcse_setup(model, variant, batch_size=32, max_length=64)
+    module.log_step = lambda *args, **kwargs: None  # no trainer attached
+    module.train()
+    mixed = variant["dtype"] == torch.bfloat16
+    if mixed:  # what the stage does under bf16-mixed
+        skip_adapter_input_casts(module)
+    optimizer = module.configure_optimizers()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            loss = module.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    with FlopCounterMode(display=False) as counter:
+        step()  # also the warm-up
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    queue.put({"seconds": seconds, "items_per_s": items / seconds, "flops": counter.get_total_flops(),
+               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+
+
+def run_in_fresh_process(*args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=measure, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    peak = {name: matmul_flops_per_second(dtype) for name, dtype in PRECISIONS.items()}
+    print(f"matmul 2048^3: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
+          f"(x{peak['bf16'] / peak['fp32']:.1f}), {torch.get_num_threads()} threads")
+    print(f"{'stage':<8}{'variant':<17}{'s/step':>8}{'throughput':>22}{'GFLOP/s':>9}{'of matmul':>11}"
+          f"{'peak RSS':>10}")
+    for kind, unit in (("mntp", "tokens/s"), ("simcse", "sentences/s")):
+        for name, variant in VARIANTS.items():
+            r = run_in_fresh_process(kind, args.model, name, args.steps)
+            achieved = r["flops"] / r["seconds"]
+            of_peak = achieved / peak["bf16" if variant["dtype"] == torch.bfloat16 else "fp32"]
+            print(f"{kind:<8}{name:<17}{r['seconds']:8.2f}{r['items_per_s']:10.0f} {unit:<11}"
+                  f"{achieved / 1e9:9.0f}{of_peak:10.0%}{r['peak_gb']:8.2f} GB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

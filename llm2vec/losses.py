@@ -1,0 +1,64 @@
+"""Training objectives: masked next-token prediction (MNTP) and the contrastive loss (SimCSE, supervised)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from llm2vec.masking import IGNORE_INDEX
+
+
+def masked_next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """Cross-entropy of the masked tokens, each predicted from the position before it.
+
+    hidden: (batch, seq, dim) backbone outputs; labels: (batch, seq), the token id at masked
+    positions and -100 elsewhere. The LM head runs on the predicting positions only (~mask_ratio of
+    the tokens), not on the whole sequence.
+    """
+    predicts = labels[:, 1:] != IGNORE_INDEX  # position i-1 predicts the masked token i
+    if not predicts.any():  # nothing masked: a zero that keeps the graph (every rank must backward)
+        return hidden.sum() * 0.0
+    logits = lm_head(hidden[:, :-1][predicts])
+    return F.cross_entropy(logits.float(), labels[:, 1:][predicts])
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every process (rank order), keeping gradients; itself when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor))
+    return tensor
+
+
+def distributed_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class ContrastiveLoss(nn.Module):
+    """InfoNCE over cosine similarities with in-batch negatives (and optional hard negatives).
+
+    Query i's positive is `positives[i]`; every other positive and every hard negative of the
+    *global* batch is a negative. Documents are gathered across processes with gradients; queries
+    stay local, so each process computes its own queries' loss and the usual gradient averaging
+    gives the gradient of the global mean. Every process must have the same batch size (drop the
+    last incomplete batch). `temperature` is the inverse of the official library's `loss_scale`.
+    """
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature {temperature!r} must be positive")
+        self.temperature = temperature
+
+    def forward(
+        self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        documents = gather_with_grad(positives)
+        if negatives is not None:
+            documents = torch.cat([documents, gather_with_grad(negatives)])
+        scores = F.normalize(queries.float(), dim=-1) @ F.normalize(documents.float(), dim=-1).T
+        targets = torch.arange(len(queries), device=queries.device) + distributed_rank() * len(queries)
+        return F.cross_entropy(scores / self.temperature, targets)

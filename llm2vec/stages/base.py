@@ -1,0 +1,108 @@
+"""What every training stage shares: LoRA on the decoder backbone, the optimizer and its schedule,
+lean checkpoints (trainable weights only) and saving the encoder into the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from lightning import LightningModule
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from llm2vec.encoder import LLM2Vec
+
+
+def add_lora(backbone: nn.Module, lora: dict, gradient_checkpointing: bool = False) -> PeftModel:
+    """A fresh LoRA adapter (keys of peft's LoraConfig: r, lora_alpha, lora_dropout, target_modules)
+    on the bare decoder stack, so the saved adapter loads onto the backbone the encoder uses."""
+    if gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(backbone, LoraConfig(**lora))
+
+
+def set_attention_dropout(model: nn.Module, probability: float) -> None:
+    """Dropout on the attention weights of every attention module (active in training mode only)."""
+    modules = [m for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    if not modules and probability > 0:
+        raise ValueError(f"attention_dropout: {type(model).__name__} has no attention module with an attention_dropout")
+    for module in modules:
+        module.attention_dropout = probability
+
+
+def skip_adapter_input_casts(model: nn.Module) -> None:
+    """Under autocast the matmuls pick their own dtype; without this, peft copies every activation
+    into the adapter's float32 before each LoRA matmul (a large share of a CPU training step)."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False
+
+
+def torch_dtype(dtype: str | torch.dtype | None):
+    return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+
+
+class TrainingStage(LightningModule):
+    """Base of the stages: subclasses set `self.encoder` (an LLM2Vec whose model is a PeftModel)."""
+
+    encoder: LLM2Vec
+
+    def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
+        super().__init__()
+        self.make_optimizer = optimizer  # e.g. functools.partial(torch.optim.AdamW, lr=1e-4)
+        self.make_scheduler = scheduler  # e.g. partial(get_linear_schedule_with_warmup, ...), stepped per step
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    def configure_optimizers(self):
+        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.make_scheduler is None:
+            return optimizer
+        scheduler = self.make_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        self.train()  # models come from from_pretrained in eval mode; dropout must be on while training
+        if "mixed" in str(self.trainer.precision):
+            skip_adapter_input_casts(self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen base is rebuilt from its source on resume: keep checkpoints adapter-sized.
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Masking and dropout draw from these: a resumed run continues exactly where this one is.
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state()
+        for logger in self.loggers:  # the logs up to this checkpoint survive a kill
+            logger.save()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_states_to_restore = checkpoint.get("rng_states", {})
+
+    def on_train_start(self) -> None:
+        # Restored here, after the trainer has set up the data loader (whose iterator draws a seed).
+        states = getattr(self, "_rng_states_to_restore", {})
+        if "cpu" in states:
+            torch.set_rng_state(states["cpu"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states["cuda"])
+        self._rng_states_to_restore = {}
+
+    def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:
+        """Pooled embeddings with gradients, tokenized and pooled exactly as at inference."""
+        features = self.encoder.tokenize(items)
+        return self.encoder({name: tensor.to(self.device) for name, tensor in features.items()})
+
+    def log_step(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the encoder (adapter, llm2vec_config.json, pooling weights): from_pretrained(path) loads it."""
+        return self.encoder.save(path)

@@ -1,0 +1,41 @@
+"""Unsupervised SimCSE (the paper's step 3): each sentence goes through the encoder twice with
+different dropout; the two views of a sentence are positives, the other sentences negatives.
+
+The encoder arrives with its earlier adapters merged (e.g. an MNTP run); a fresh LoRA adapter is
+trained on top. Pooling is the encoder's own forward, so training pools exactly like inference.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from llm2vec.encoder import LLM2Vec
+from llm2vec.losses import ContrastiveLoss
+from llm2vec.stages.base import TrainingStage, add_lora, set_attention_dropout
+
+
+class SimCSE(TrainingStage):
+    def __init__(
+        self,
+        encoder: LLM2Vec,
+        lora: dict,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        temperature: float = 0.05,
+        attention_dropout: float = 0.3,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__(optimizer, scheduler)
+        encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
+        set_attention_dropout(encoder.model, attention_dropout)
+        self.encoder = encoder
+        self.loss = ContrastiveLoss(temperature)
+
+    def training_step(self, sentences: list[str], batch_idx: int) -> torch.Tensor:
+        # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
+        first, second = self.embed(sentences + sentences).chunk(2)
+        loss = self.loss(first, second)
+        self.log_step(loss, batch_size=len(sentences))
+        return loss

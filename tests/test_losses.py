@@ -1,0 +1,85 @@
+"""The contrastive loss against hand-computed values, and its cross-process gather (2 CPU processes)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from llm2vec.losses import ContrastiveLoss, gather_with_grad
+
+
+def cross_entropy(scores: list[float], target: int) -> float:
+    return -scores[target] + math.log(sum(math.exp(s) for s in scores))
+
+
+def test_in_batch_negatives_hand_computed():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    positives = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    # cosines: q0.p0 = 1, q0.p1 = 1/sqrt2, q1.p0 = 0, q1.p1 = 1/sqrt2; temperature 0.5 doubles them
+    r = 1 / math.sqrt(2)
+    expected = (cross_entropy([2, 2 * r], 0) + cross_entropy([0, 2 * r], 1)) / 2
+    assert ContrastiveLoss(temperature=0.5)(queries, positives).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hard_negatives_join_the_candidates_hand_computed():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    r = 1 / math.sqrt(2)
+    # candidates per query: p0, p1, n0, n1 (cosines / 0.05)
+    row0 = [1 / 0.05, r / 0.05, 0.0, -1 / 0.05]
+    row1 = [0.0, r / 0.05, 1 / 0.05, 0.0]
+    expected = (cross_entropy(row0, 0) + cross_entropy(row1, 1)) / 2
+    loss = ContrastiveLoss(temperature=0.05)(queries, positives, negatives)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_gather_is_the_identity_without_distributed():
+    x = torch.randn(3, 4, requires_grad=True)
+    assert gather_with_grad(x) is x
+
+
+def test_temperature_must_be_positive():
+    with pytest.raises(ValueError, match="temperature 0 must be positive"):
+        ContrastiveLoss(temperature=0)
+
+
+def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        local = slice(2 * rank, 2 * rank + 2)
+        q = queries[local].clone().requires_grad_()
+        p = positives[local].clone().requires_grad_()
+        n = negatives[local].clone().requires_grad_()
+        loss = ContrastiveLoss(temperature=0.1)(q, p, n)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "q": q.grad, "p": p.grad, "n": n.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_see_the_global_batch_and_get_its_gradients(tmp_path):
+    torch.manual_seed(0)
+    queries, positives, negatives = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    port = 29500 + os.getpid() % 1000
+    out = str(tmp_path / "grads")
+    mp.spawn(_worker, args=(2, port, queries, positives, negatives, out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+
+    # One process, the global batch: each rank's loss is that of its own queries against all 8 candidates.
+    q, p, n = (t.clone().requires_grad_() for t in (queries, positives, negatives))
+    scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(torch.cat([p, n]), dim=-1).T
+    per_query = torch.nn.functional.cross_entropy(scores / 0.1, torch.arange(4), reduction="none")
+    for rank in range(2):
+        assert ranks[rank]["loss"].item() == pytest.approx(per_query[2 * rank : 2 * rank + 2].mean().item(), rel=1e-5)
+    # Gradients: all_gather's backward sums every rank's contribution to a rank's documents.
+    (per_query[:2].mean() + per_query[2:].mean()).backward()
+    assert torch.allclose(torch.cat([r["q"] for r in ranks]), q.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([r["p"] for r in ranks]), p.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([r["n"] for r in ranks]), n.grad, atol=1e-6)

@@ -1,0 +1,136 @@
+"""run.py through Hydra, as `python run.py ...` runs it: every stage, chaining, resume, the pipeline,
+W&B offline, and early failures. Tiny random Llama, fixture data, 3 steps: seconds per run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, TINY_DATA, compose_config
+from llm2vec import LLM2Vec
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """Every training loss the CSV logger wrote, across the versions of resumed runs."""
+    losses = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with path.open() as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+        losses |= {int(row["step"]): float(row["train/loss"]) for row in rows}
+    return losses
+
+
+def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter_model.safetensors")
+
+
+def embed(run_dir_or_model: str) -> torch.Tensor:
+    return LLM2Vec.from_pretrained(str(run_dir_or_model)).encode(["A man plays a guitar."], convert_to_tensor=True)
+
+
+@pytest.mark.parametrize("stage", ["mntp", "simcse", "supervised"])
+def test_each_stage_trains_its_adapter_and_writes_a_loadable_run_dir(run_app, tmp_path, stage):
+    run_dir = tmp_path / stage
+    score = run_app(f"stage={stage}", TINY_DATA[stage], "trainer.max_steps=3",
+                    "stage.module.scheduler.num_warmup_steps=0", run_dir=run_dir)
+    losses = train_losses(run_dir)
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(loss) for loss in losses.values())
+    # LoRA's B matrices start at zero: nonzero ones were trained.
+    assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in adapter(run_dir).items())
+    for name in ("config.yaml", "metrics.json", "llm2vec_config.json", "adapter_config.json"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "metrics.json").read_text())["STS-tiny"]["spearman"] == pytest.approx(score)
+    assert not torch.allclose(embed(run_dir), embed("tiny-random-llama"))
+    # Checkpoints hold the trainable weights (and optimizer), not the frozen base.
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
+
+
+def test_mntp_artifact_starts_simcse_whose_artifact_loads(run_app, tmp_path):
+    mntp, simcse = tmp_path / "mntp", tmp_path / "simcse"
+    run_app("stage=mntp", TINY_DATA["mntp"], "trainer.max_steps=2", run_dir=mntp)
+    run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2", f"stage.init_from={mntp}", run_dir=simcse)
+    saved = json.loads((simcse / "llm2vec_config.json").read_text())
+    assert saved["merged_adapters"] == ["merged_adapters/00"]
+    merged = simcse / "merged_adapters" / "00"
+    assert sorted(p.name for p in merged.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (merged / "adapter_model.safetensors").read_bytes() == (mntp / "adapter_model.safetensors").read_bytes()
+    base, after_mntp, after_simcse = embed("tiny-random-llama"), embed(mntp), embed(simcse)
+    assert not torch.allclose(after_mntp, base) and not torch.allclose(after_simcse, after_mntp)
+
+
+def test_resume_continues_a_stopped_run_to_the_same_weights(run_app, tmp_path):
+    common = ["stage=simcse", TINY_DATA["simcse"], "callbacks.model_checkpoint.every_n_train_steps=2",
+              "stage.module.scheduler.num_training_steps=4"]
+    run_app(*common, "trainer.max_steps=4", run_dir=tmp_path / "straight")
+    stopped = tmp_path / "stopped"
+    run_app(*common, "trainer.max_steps=2", run_dir=stopped)  # stops right after the step-2 checkpoint
+    run_app(*common, "trainer.max_steps=4", "resume=true", run_dir=stopped)
+    assert torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    straight, resumed = adapter(tmp_path / "straight"), adapter(stopped)
+    assert all(torch.allclose(straight[name], resumed[name], atol=1e-6) for name in straight)
+    assert sorted(train_losses(stopped)) == [0, 1, 2, 3]
+    assert train_losses(stopped) == pytest.approx(train_losses(tmp_path / "straight"), rel=1e-5)
+
+
+def test_resume_without_a_checkpoint_names_the_missing_file(run_app, tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.ckpt does not exist"):
+        run_app("stage=simcse", TINY_DATA["simcse"], "resume=true", run_dir=tmp_path / "empty")
+
+
+def test_pipeline_runs_each_step_from_the_previous_one(run_app, tmp_path):
+    run_dir = tmp_path / "pipeline"
+    run_app("experiment=smoke", run_dir=run_dir)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert list(results) == ["bidirectional", "mntp", "simcse"]
+    assert all(math.isfinite(step["STS-tiny"]["spearman"]) for step in results.values())
+    simcse = OmegaConf.load(run_dir / "3-simcse" / "config.yaml")
+    assert simcse.stage.init_from == str(run_dir / "2-mntp")
+    assert (run_dir / "3-simcse" / "merged_adapters" / "00" / "adapter_model.safetensors").is_file()
+
+
+def test_wandb_offline_run_holds_the_metrics_and_config(run_app, tmp_path):
+    run_dir = tmp_path / "wandb-run"
+    run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2", "logger=wandb", "tags=[smoke-test]",
+            run_dir=run_dir)
+    (offline,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    # The offline run is one protobuf log (small: no block splits), which `wandb sync` uploads later.
+    records = offline.read_bytes()
+    for text in ("train/loss", "eval/STS-tiny/spearman", "temperature", "smoke-test", "tiny_llama-simcse"):
+        assert text.encode() in records, text
+    assert train_losses(run_dir)  # CSV stays on
+
+
+def test_a_wrong_key_fails_at_composition():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="temprature"):
+            compose_config([*TINY, "stage=simcse", "stage.module.temprature=0.1"])
+
+
+def test_a_wrong_value_fails_before_training(run_app, tmp_path):
+    with pytest.raises(InstantiationException, match="unknown mask_token_type 'star': choose blank, eos, mask"):
+        run_app("stage=mntp", TINY_DATA["mntp"], "model.mask_token_type=star", run_dir=tmp_path / "bad")
+
+
+def test_a_wrong_key_in_a_later_pipeline_step_fails_before_the_first_step_runs(run_app, tmp_path):
+    with pytest.raises(ConfigCompositionException, match="temprature"):
+        run_app("experiment=smoke", "pipeline.simcse=['stage.module.temprature=1']", run_dir=tmp_path / "p")
+    assert not (tmp_path / "p" / "2-mntp").exists()
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_resolves(experiment, tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose_config([f"experiment={experiment}", f"run_dir={tmp_path}"])
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.stage.name in ("bidirectional", "mntp", "simcse", "supervised", "pipeline")

@@ -1,0 +1,196 @@
+"""The training stages as library objects (no Hydra): data modules, MNTP, SimCSE, supervised."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModel
+
+from llm2vec import LLM2Vec, enable_bidirectional
+from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
+from llm2vec.loading import load_tokenizer, resolve_weights
+from llm2vec.stages import MNTP, SimCSE, Supervised
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+ADAMW = functools.partial(torch.optim.AdamW, lr=1e-3)
+SENTENCES = ["A man plays a guitar.", "A cat sleeps on the sofa.", "The river floods the village.", "Kids play."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_weights("tiny-random-llama"))
+
+
+def manual_step(module, batch) -> torch.Tensor:
+    """One optimisation step outside a Trainer (the module's own loss, backward, AdamW)."""
+    module.log_step = lambda *args, **kwargs: None
+    module.train()
+    optimizer = module.configure_optimizers()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_text_blocks_are_the_texts_joined_with_eos(tokenizer):
+    data = TextBlocks(tokenizer, [str(FIXTURES / "wiki_tiny.txt")], block_size=32, batch_size=2)
+    data.setup()
+    texts = (FIXTURES / "wiki_tiny.txt").read_text().splitlines()
+    ids = [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
+    assert data.blocks.shape == (len(ids) // 32, 32)
+    assert data.blocks.flatten().tolist() == ids[: data.blocks.numel()]
+    batch = data.collate([0, 2])
+    assert torch.equal(batch["input_ids"], data.blocks[[0, 2]]) and batch["attention_mask"].all()
+
+
+def test_the_stream_resumes_after_the_batches_already_seen():
+    def batches(epoch):  # 3 batches per pass, a different order each pass
+        return [[epoch, i] for i in range(3)]
+
+    full = BatchStream(batches)
+    first_eight = [next(it) for it in [iter(full)] for _ in range(8)]
+    resumed = iter(BatchStream(batches, start=5))
+    assert [next(resumed) for _ in range(3)] == first_eight[5:8]  # across the pass boundary too
+
+
+def test_each_process_reads_its_slice_of_the_global_batch():
+    def batches(epoch):
+        return [list(range(8)), list(range(8, 16))]
+
+    ranks = [iter(BatchStream(batches, rank=rank, world_size=2)) for rank in range(2)]
+    assert [next(ranks[0]), next(ranks[1])] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [next(ranks[0]), next(ranks[1])] == [[8, 9, 10, 11], [12, 13, 14, 15]]
+
+
+def test_sentences_read_both_tsv_columns_and_grouping_by_length_pads_less(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("sentence1\tsentence2\tscore\nA b.\tA b c d e f g h.\t1\nC.\tC d e f g h i j k l.\t2\n")
+    data = Sentences([str(tsv)], batch_size=2)
+    data.setup()
+    assert data.sentences == ["A b.", "A b c d e f g h.", "C.", "C d e f g h i j k l."]
+    grouped = Sentences([str(tsv)], batch_size=2, group_by_length=True)
+    grouped.setup()
+
+    def padding(batches):
+        return sum(max(map(len, b)) * len(b) - sum(map(len, b)) for b in batches)
+
+    assert padding(grouped.global_batches(0, 2)) < padding(data.global_batches(0, 2))
+    assert sorted(s for b in grouped.global_batches(0, 2) for s in b) == sorted(data.sentences)
+
+
+def test_pairs_batches_come_from_one_dataset_with_instructions_on_queries():
+    data = Pairs([str(FIXTURES / "pairs")], batch_size=4, instructions={"qa": "Answer:"})
+    data.setup()
+    assert set(data.datasets) == {"nli", "qa"}
+    for batch in data.global_batches(epoch=0, global_batch_size=4):
+        assert len({record["dataset"] for record in batch}) == 1
+    batch = data.collate(data.datasets["qa"][:2])
+    assert batch["query"][0] == ["Answer:", "What do lobsters eat?"]
+    assert batch["positive"][0].startswith("Lobsters eat") and len(batch["negative"]) == 2
+
+
+# ----------------------------------------------------------------------------- MNTP
+
+
+def test_mntp_rejects_a_bad_recipe_before_loading_anything():
+    with pytest.raises(ValueError, match="unknown mask_strategy 'half': choose bert, all_mask"):
+        MNTP("no-such-model", LORA, ADAMW, mask_strategy="half")
+
+
+def test_mntp_new_mask_token_trains_and_the_saved_adapter_loads_with_plain_peft(tokenizer, tmp_path):
+    module = MNTP("tiny-random-llama", LORA, ADAMW, mask_token_type="mask", mask_ratio=0.5, dtype="float32")
+    rows = len(tokenizer)
+    assert module.masking.mask_token_id == rows
+    assert module.encoder.model.get_input_embeddings().num_embeddings == rows + 1
+    ids = torch.randint(3, 1000, (2, 16))
+    loss = manual_step(module, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert torch.isfinite(loss)
+    module.save(tmp_path)
+    assert module.encoder.model.get_input_embeddings().num_embeddings == rows  # the <mask> row is gone
+
+    # Plain peft on the bare backbone gives the trained model: the run dir is an ordinary adapter.
+    features = {k: v for k, v in module.encoder.tokenize(SENTENCES).items() if k != "embed_mask"}
+    module.eval()
+    with torch.no_grad():
+        trained = module.encoder.model(**features).last_hidden_state
+        base = AutoModel.from_pretrained(resolve_weights("tiny-random-llama"))
+        plain = enable_bidirectional(PeftModel.from_pretrained(base, tmp_path))
+        loaded = plain(**features).last_hidden_state
+        with plain.disable_adapter():
+            untrained = plain(**features).last_hidden_state
+    assert torch.allclose(loaded, trained, atol=1e-5)
+    assert not torch.allclose(loaded, untrained, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- SimCSE
+
+
+def simcse(pooling_mode: str = "mean", attention_dropout: float = 0.3) -> SimCSE:
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_mode=pooling_mode)
+    return SimCSE(encoder, LORA, ADAMW, attention_dropout=attention_dropout)
+
+
+def test_simcse_dropout_makes_the_two_views_differ_in_training_only():
+    module = simcse()
+    attention = [m for m in module.encoder.model.modules() if hasattr(m, "attention_dropout")]
+    assert attention and all(m.attention_dropout == 0.3 for m in attention)
+    module.train()
+    first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert not torch.allclose(first, second)
+    module.eval()
+    with torch.no_grad():
+        first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert torch.allclose(first, second)
+
+
+def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():
+    module = simcse(pooling_mode="weighted_mean")
+    module.eval()
+    with torch.no_grad():
+        trained_view = module.embed([["Instruct:", s] for s in SENTENCES])
+    inference = module.encoder.encode([["Instruct:", s] for s in SENTENCES], convert_to_tensor=True)
+    assert torch.allclose(trained_view, inference, atol=1e-5)
+
+
+def test_latent_attention_pooling_is_optimised_and_saved(tmp_path):
+    module = simcse(pooling_mode="latent_attention", attention_dropout=0.1)
+    pooling = list(module.encoder.pooling.parameters())
+    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert pooling and all(id(p) in optimised for p in pooling)
+    before = [p.detach().clone() for p in pooling]
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    assert any(not torch.equal(a, b) for a, b in zip(before, pooling))
+    module.save(tmp_path)
+    loaded = LLM2Vec.from_pretrained(str(tmp_path))
+    assert loaded.pooling_mode == "latent_attention"
+    assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(loaded.pooling.parameters(), pooling))
+
+
+# ----------------------------------------------------------------------------- supervised
+
+
+def test_supervised_step_uses_queries_positives_and_hard_negatives():
+    data = Pairs([str(FIXTURES / "pairs")], batch_size=4)
+    data.setup()
+    batch = data.collate(data.datasets["nli"][:4])
+    module = Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW)
+    seen = []
+    loss_forward = module.loss.forward
+    module.loss.forward = lambda q, p, n=None: seen.append((q.shape, p.shape, n.shape)) or loss_forward(q, p, n)
+    loss = manual_step(module, batch)
+    assert torch.isfinite(loss)
+    assert seen == [(torch.Size([4, 64]),) * 3]
+    with_instruction = module.encoder.tokenize(batch["query"])
+    plain = module.encoder.tokenize([query for _, query in batch["query"]])
+    # the instruction is attended to, never pooled
+    assert (with_instruction["attention_mask"].sum(1) > plain["attention_mask"].sum(1)).all()
+    assert torch.equal(with_instruction["embed_mask"].sum(1), plain["embed_mask"].sum(1))
