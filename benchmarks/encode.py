@@ -2,8 +2,11 @@
 as a fraction of this machine's matmul throughput measured in the same process, plus STS-B test
 Spearman so a faster dtype cannot hide a worse encoder.
 
-    python benchmarks/encode.py                     # SmolLM2-135M, fp32 and bf16, all 2,758 sentences
+    python benchmarks/encode.py              # SmolLM2-135M: fp32, bf16 weights, bf16 autocast; 2,758 sentences
     python benchmarks/encode.py --limit 512 --dtypes bfloat16
+
+Dtypes: `float32`; `bfloat16` (bf16 weights, everything in bf16); `bfloat16-autocast` (fp32
+weights under torch.autocast: bf16 matmuls, the residual stream and norms stay fp32).
 
 The CPU may be shared: the matmul calibration runs right before and after each timed encode, in
 this process, so `of matmul` compares like with like; the load average is printed too.
@@ -12,6 +15,7 @@ this process, so `of matmul` compares like with like; the load average is printe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -26,6 +30,12 @@ from llm2vec.evaluation.sts import cosine_scores, read_sts_tsv
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sts" / "STSB-test.tsv"
+# dtype name -> (weights dtype, autocast dtype or None)
+DTYPES = {
+    "float32": (torch.float32, None),
+    "bfloat16": (torch.bfloat16, None),
+    "bfloat16-autocast": (torch.float32, torch.bfloat16),
+}
 
 
 def matmul_flops_per_second(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
@@ -50,15 +60,22 @@ def flops_per_token(encoder: LLM2Vec, mean_length: float) -> float:
 
 
 def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) -> dict:
-    torch_dtype = getattr(torch, dtype)
-    encoder = LLM2Vec.from_pretrained(model, dtype=dtype)
+    weights_dtype, autocast_dtype = DTYPES[dtype]
+    compute_dtype = autocast_dtype or weights_dtype
+    encoder = LLM2Vec.from_pretrained(model, dtype=weights_dtype)
     tokens = int(encoder.tokenize(sentences)["attention_mask"].sum())
-    encoder.encode(sentences[:256], **encode_kwargs)  # warm-up
-    matmul_before = matmul_flops_per_second(torch_dtype)
+
+    def encode(texts):
+        autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with autocast:
+            return encoder.encode(texts, show_progress_bar=False, **encode_kwargs)
+
+    encode(sentences[:256])  # warm-up
+    matmul_before = matmul_flops_per_second(compute_dtype)
     start = time.perf_counter()
-    vectors = encoder.encode(sentences, show_progress_bar=False, **encode_kwargs)
+    vectors = encode(sentences)
     seconds = time.perf_counter() - start
-    matmul_after = matmul_flops_per_second(torch_dtype)
+    matmul_after = matmul_flops_per_second(compute_dtype)
     matmul = (matmul_before + matmul_after) / 2
     achieved = tokens * flops_per_token(encoder, tokens / len(sentences)) / seconds
     n = len(pairs.sentences1)
@@ -82,9 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="STS TSV: sentence1, sentence2, score")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-batch-tokens", type=int, default=None)
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-batch-tokens", type=int, default=2048, help="0: batches of --batch-size texts")
     parser.add_argument("--limit", type=int, default=None, help="encode only the first N sentences (no Spearman)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -93,17 +110,17 @@ def main() -> None:
     sentences = pairs.sentences1 + pairs.sentences2
     if args.limit:
         sentences = sentences[: args.limit]
-    encode_kwargs = {"batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens}
+    encode_kwargs = {"batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens or None}
     print(f"{args.model}, {len(sentences)} sentences, {encode_kwargs}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average {os.getloadavg()[0]:.1f}")
     results = [run(args.model, dtype, sentences, pairs, **encode_kwargs) for dtype in args.dtypes]
-    print(f"{'dtype':<9} {'sent/s':>7} {'tok/s':>7} {'model GFLOP/s':>13} {'matmul GFLOP/s':>15} "
+    print(f"{'dtype':<17} {'sent/s':>7} {'tok/s':>7} {'model GFLOP/s':>13} {'matmul GFLOP/s':>15} "
           f"{'of matmul':>9} {'spearman':>8}")
     for r in results:
         matmul = f"{r['matmul_gflops_per_s_before']:.0f}/{r['matmul_gflops_per_s_after']:.0f}"
         spearman = "-" if r["spearman"] is None else f"{r['spearman']:.2f}"
-        print(f"{r['dtype']:<9} {r['sentences_per_s']:7.1f} {r['tokens_per_s']:7.0f} {r['model_gflops_per_s']:13.0f} "
+        print(f"{r['dtype']:<17} {r['sentences_per_s']:7.1f} {r['tokens_per_s']:7.0f} {r['model_gflops_per_s']:13.0f} "
               f"{matmul:>15} {r['fraction_of_matmul']:9.1%} {spearman:>8}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
