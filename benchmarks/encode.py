@@ -95,6 +95,40 @@ def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) ->
     }
 
 
+def compare_batching(model: str, sentences: list[str], rounds: int = 2) -> dict[str, dict]:
+    """bf16 sentences/s of three ways to batch, interleaved in one process (best of `rounds`), and
+    the share of padding among the tokens each way feeds the model: the former `encode` (sorted
+    by characters, 64 texts a batch), sorted by tokens, and sorted by tokens with a token budget."""
+    encoder = LLM2Vec.from_pretrained(model, dtype="bfloat16").eval()
+    by_characters = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+
+    def characters_64():
+        with torch.inference_mode():
+            for start in range(0, len(sentences), 64):
+                encoder(encoder.tokenize([sentences[i] for i in by_characters[start : start + 64]]))
+
+    ways = {
+        "characters, 64 texts (before)": characters_64,
+        "tokens, 64 texts": lambda: encoder.encode(sentences, batch_size=64, show_progress_bar=False),
+        "tokens, <= 2048 tokens": lambda: encoder.encode(
+            sentences, batch_size=256, max_batch_tokens=2048, show_progress_bar=False),
+    }
+    fed = {"tokens": 0}
+    encoder.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.update(tokens=fed["tokens"] + kwargs["input_ids"].numel()), with_kwargs=True)
+    real = int(encoder.tokenize(sentences)["attention_mask"].sum())
+    results = {name: {"sentences_per_s": 0.0} for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            fed["tokens"] = 0
+            start = time.perf_counter()
+            way()
+            speed = len(sentences) / (time.perf_counter() - start)
+            results[name] = {"sentences_per_s": max(speed, results[name]["sentences_per_s"]),
+                             "padding": 1 - real / fed["tokens"]}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -104,6 +138,7 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=2048, help="0: batches of --batch-size texts")
     parser.add_argument("--limit", type=int, default=None, help="encode only the first N sentences (no Spearman)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--compare-batching", action="store_true", help="also time three ways to batch (bf16)")
     args = parser.parse_args()
 
     pairs = read_sts_tsv(args.data)
@@ -122,6 +157,12 @@ def main() -> None:
         spearman = "-" if r["spearman"] is None else f"{r['spearman']:.2f}"
         print(f"{r['dtype']:<17} {r['sentences_per_s']:7.1f} {r['tokens_per_s']:7.0f} {r['model_gflops_per_s']:13.0f} "
               f"{matmul:>15} {r['fraction_of_matmul']:9.1%} {spearman:>8}")
+    if args.compare_batching:
+        batching = compare_batching(args.model, sentences)
+        print(f"\n{'bf16, batched by':<30} {'sent/s':>7} {'padding':>8}")
+        for name, r in batching.items():
+            print(f"{name:<30} {r['sentences_per_s']:7.1f} {r['padding']:8.1%}")
+        results.append({"batching": batching})
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
