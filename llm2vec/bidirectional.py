@@ -13,14 +13,17 @@ One mechanism for every architecture that uses transformers' standard masking in
    batches) and `sliding_window = None` (flash applies the window itself).
 
 The hook materialises the mask even without padding: a `None` mask would let the backbone build
-its usual causal mask.
+its usual causal mask. A packed `attention_mask` (text numbers 1, 2, ... per row, `llm2vec.packing`)
+becomes a block-diagonal mask: each text attends to itself only.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
+
+from llm2vec.packing import PACKABLE_ATTENTION, segments_of
 
 _STATE = "_llm2vec_bidirectional"
 
@@ -90,10 +93,18 @@ def _bidirectional_mask_hook(module: nn.Module, args: tuple, kwargs: dict):
         embeds = torch.empty((), dtype=weight.dtype, device=weight.device).expand(*input_ids.shape, 1)
         if torch.is_autocast_enabled(weight.device.type):
             embeds = embeds.to(torch.get_autocast_dtype(weight.device.type))
+    same_text = None
+    segments = None if padding_mask is None else segments_of(padding_mask)
+    if segments is not None:
+        implementation = module.config._attn_implementation
+        if implementation not in PACKABLE_ATTENTION:
+            raise ValueError(f"packed sequences need {', '.join(PACKABLE_ATTENTION)} attention, not {implementation}")
+        same_text, padding_mask = packed_sequence_mask_function(segments), None
     mask = create_bidirectional_mask(
         config=module.config,
         inputs_embeds=embeds,
         attention_mask=padding_mask,
+        and_mask_function=same_text,
         allow_is_bidirectional_skip=False,
     )
     if mask is None:  # flash attention without padding: no mask, `is_causal=False` does the rest

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from llm2vec.bidirectional import disable_bidirectional, enable_bidirectional, is_bidirectional
 from llm2vec.loading import load_decoder, looks_like_path
+from llm2vec.packing import PACKABLE_ATTENTION, is_packed, pack_sequences, unpack
 from llm2vec.pooling import Pooling, check_pooling_mode
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,12 @@ class LLM2Vec(nn.Module):
         (enable_bidirectional if enabled else disable_bidirectional)(self.model)
 
     @property
+    def can_pack(self) -> bool:
+        """Whether `tokenize(..., pack=True)` works: a block-diagonal mask needs bidirectional
+        attention (the hook builds it) and an attention implementation that takes a full mask."""
+        return self.bidirectional and self.model.config._attn_implementation in PACKABLE_ATTENTION
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -179,10 +186,20 @@ class LLM2Vec(nn.Module):
         return next(self.model.parameters()).dtype
 
     # ----------------------------------------------------------------- tokenization
-    def tokenize(self, items: Sequence[str | Sequence[str]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, items: Sequence[str | Sequence[str]], pack: bool = False) -> dict[str, torch.Tensor]:
         """Token ids and masks for texts or [instruction, text] pairs. `embed_mask` marks the text
-        tokens (what pooling reads); instruction tokens are attended to but not pooled."""
-        return self._pad(self._token_ids(items))
+        tokens (what pooling reads); instruction tokens are attended to but not pooled. `pack`:
+        several texts a row and little padding (`llm2vec.packing`; see `can_pack`)."""
+        sequences = self._token_ids(items)
+        if not pack:
+            return self._pad(sequences)
+        if not self.can_pack:
+            raise ValueError(
+                "packed sequences need bidirectional attention with "
+                f"{', '.join(PACKABLE_ATTENTION)} attention (this encoder: bidirectional={self.bidirectional}, "
+                f"attention {self.model.config._attn_implementation})"
+            )
+        return pack_sequences(sequences, self.tokenizer.pad_token_id)
 
     def _token_ids(self, items: Sequence[str | Sequence[str]]) -> list[tuple[list[int], list[int]]]:
         """Per item, (BOS + instruction ids, text ids [+ EOS]), the text truncated to max_length."""
@@ -241,11 +258,15 @@ class LLM2Vec(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled embeddings (batch, hidden) of tokenized features, with gradients if enabled."""
         attention_mask = features["attention_mask"]
-        # Positions count real tokens only, so left padding gives the same positions as none.
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        position_ids = features.get("position_ids")  # packed features bring theirs
+        if position_ids is None:
+            # Positions count real tokens only, so left padding gives the same positions as none.
+            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         hidden = self.model(
             input_ids=features["input_ids"], attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
+        if is_packed(features):
+            return self.pooling(*unpack(hidden, features))
         return self.pooling(hidden, attention_mask, features["embed_mask"])
 
     def encode(

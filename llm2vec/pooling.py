@@ -34,16 +34,19 @@ def weighted_mean_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.
 
 
 def last_token_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
-    """The state of the last text token (for `eos_token`, the appended EOS is that token)."""
+    """The state of the last text token (for `eos_token`, the appended EOS is that token); zeros
+    for a text without tokens."""
     seq = torch.arange(embed_mask.shape[1], device=embed_mask.device)
     last = (seq * embed_mask).argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return torch.where(embed_mask.bool().any(dim=1, keepdim=True), states, 0)
 
 
 def bos_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The state of the first real token of the sequence."""
+    """The state of the first real token of the sequence; zeros for a sequence without tokens."""
     first = attention_mask.to(torch.long).argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    states = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    return torch.where(attention_mask.bool().any(dim=1, keepdim=True), states, 0)
 
 
 def _weighted_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

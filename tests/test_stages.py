@@ -161,6 +161,16 @@ def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():
     assert torch.allclose(trained_view, inference, atol=1e-5)
 
 
+def test_simcse_feeds_the_model_packed_rows_without_padding_compute():
+    module = simcse()
+    rows = []
+    module.encoder.model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True)
+    manual_step(module, SENTENCES)
+    padded = module.encoder.tokenize(SENTENCES + SENTENCES)["input_ids"].shape
+    assert rows and rows[0][0] * rows[0][1] < padded[0] * padded[1]
+
+
 def test_latent_attention_pooling_is_optimised_and_saved(tmp_path):
     module = simcse(pooling_mode="latent_attention", attention_dropout=0.1)
     pooling = list(module.encoder.pooling.parameters())

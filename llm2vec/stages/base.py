@@ -48,6 +48,7 @@ class TrainingStage(LightningModule):
     """Base of the stages: subclasses set `self.encoder` (an LLM2Vec whose model is a PeftModel)."""
 
     encoder: LLM2Vec
+    pack_sequences = True  # padding-free batches where the encoder allows them (`embed`)
 
     def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
         super().__init__()
@@ -95,8 +96,9 @@ class TrainingStage(LightningModule):
         self._rng_states_to_restore = {}
 
     def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:
-        """Pooled embeddings with gradients, tokenized and pooled exactly as at inference."""
-        features = self.encoder.tokenize(items)
+        """Pooled embeddings with gradients, tokenized and pooled exactly as at inference. Packed
+        (`llm2vec.packing`) where the encoder allows it: the same embeddings without the padding's compute."""
+        features = self.encoder.tokenize(items, pack=self.pack_sequences and self.encoder.can_pack)
         return self.encoder({name: tensor.to(self.device) for name, tensor in features.items()})
 
     def log_step(self, loss: torch.Tensor, batch_size: int) -> None:
