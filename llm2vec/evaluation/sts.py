@@ -107,11 +107,12 @@ def cosine_scores(embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarra
 
 
 def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch_size: int = 64,
-                 show_progress_bar: bool | None = None) -> dict[str, float]:
+                 show_progress_bar: bool | None = None, max_batch_tokens: int | None = None) -> dict[str, float]:
     """Encode each distinct sentence once; return spearman and pearson x100 of cosine vs gold."""
     unique = sorted(set(pairs.sentences1) | set(pairs.sentences2))
     inputs = [[instruction, s] for s in unique] if instruction else unique
-    vectors = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    vectors = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                             max_batch_tokens=max_batch_tokens)
     index = {s: i for i, s in enumerate(unique)}
     e1 = vectors[[index[s] for s in pairs.sentences1]]
     e2 = vectors[[index[s] for s in pairs.sentences2]]
@@ -124,7 +125,8 @@ def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch
 
 
 def run_sts_suite(encoder, tasks: list[dict], instruction: str | None = None, batch_size: int = 64,
-                  show_progress_bar: bool | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+                  show_progress_bar: bool | None = None,
+                  max_batch_tokens: int | None = None) -> tuple[dict[str, dict], dict[str, str]]:
     """Evaluate every available task. Returns ({task: scores}, {skipped task: why})."""
     results, skipped = {}, {}
     for task in tasks:
@@ -135,15 +137,16 @@ def run_sts_suite(encoder, tasks: list[dict], instruction: str | None = None, ba
             logger.warning("skipped STS task %s: %s", task["name"], error)
             continue
         task_instruction = task.get("instruction", instruction)
-        results[task["name"]] = evaluate_sts(encoder, pairs, task_instruction, batch_size, show_progress_bar)
+        results[task["name"]] = evaluate_sts(encoder, pairs, task_instruction, batch_size, show_progress_bar,
+                                               max_batch_tokens)
         results[task["name"]]["instruction"] = task_instruction
     return results, skipped
 
 
 def evaluate_sts_tasks(encoder, tasks: list[dict], instruction: str | None = None, batch_size: int = 64,
-                       show_progress_bar: bool | None = None) -> dict[str, dict]:
+                       show_progress_bar: bool | None = None, max_batch_tokens: int | None = None) -> dict[str, dict]:
     """{task name: scores} for the tasks that could be loaded; the others are logged as skipped."""
-    return run_sts_suite(encoder, tasks, instruction, batch_size, show_progress_bar)[0]
+    return run_sts_suite(encoder, tasks, instruction, batch_size, show_progress_bar, max_batch_tokens)[0]
 
 
 def average_scores(results: dict[str, dict]) -> dict[str, float] | None:

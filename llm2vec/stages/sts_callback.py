@@ -12,11 +12,12 @@ class STSEvalCallback(Callback):
     `every_n_train_steps` steps; log `curve/<task>/spearman` and print one line."""
 
     def __init__(self, tasks: list[dict], every_n_train_steps: int = 50, instruction: str | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, max_batch_tokens: int | None = None):
         self.tasks = list(tasks)
         self.every_n_train_steps = every_n_train_steps
         self.instruction = instruction
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_train_steps == 0 and trainer.is_global_zero:
@@ -29,7 +30,7 @@ class STSEvalCallback(Callback):
     def evaluate(self, trainer, pl_module) -> None:
         with trainer.precision_plugin.forward_context():  # the training precision (e.g. bf16 autocast)
             results, _ = run_sts_suite(pl_module.encoder, self.tasks, self.instruction, self.batch_size,
-                                       show_progress_bar=False)
+                                       show_progress_bar=False, max_batch_tokens=self.max_batch_tokens)
         metrics = {f"curve/{task}/spearman": scores["spearman"] for task, scores in results.items()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
