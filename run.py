@@ -12,6 +12,7 @@ which `hydra.run.dir=<run dir> resume=true` continues from.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -141,6 +142,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     for stage, step_dir, step_cfg in steps:
         if not (cfg.resume and (step_dir / "metrics.json").is_file()):  # metrics.json: the step finished
             run(step_cfg)
+            gc.collect()  # the finished step's model and trainer sit in reference cycles: free them now
         results[stage] = json.loads((step_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
