@@ -76,3 +76,15 @@ def test_packing_is_refused_without_bidirectional_attention():
     assert not encoder.can_pack
     with pytest.raises(ValueError, match="packed sequences need bidirectional attention"):
         encoder.tokenize(ITEMS, pack=True)
+
+
+@pytest.mark.slow
+def test_packed_smollm2_embeddings_equal_padded_ones():
+    encoder = LLM2Vec.from_pretrained("smollm2-135m").eval()
+    with torch.no_grad():
+        packed = encoder(encoder.tokenize(ITEMS, pack=True))
+        padded = encoder(encoder.tokenize(ITEMS))
+    real = [i for i, item in enumerate(ITEMS) if item]  # the empty text pools to zeros either way
+    cosine = torch.nn.functional.cosine_similarity(packed[real], padded[real])
+    assert cosine.min() > 0.9999
+    assert torch.equal(packed[ITEMS.index("")], torch.zeros_like(packed[0]))
