@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -62,9 +63,13 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, trainer))
     if trainer.is_global_zero:
         module.save(run_dir)
+        # The training cost, for llm2vec.compare (after a resume: the time of the last part only).
+        cost = {"steps": trainer.global_step, "seconds": time.perf_counter() - start}
+        (run_dir / "train.json").write_text(json.dumps(cost, indent=2) + "\n")
     return trainer, loggers
 
 

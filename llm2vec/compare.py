@@ -47,7 +47,20 @@ def read_run(run_dir: Path) -> dict:
     swept = dict(item.split("=", 1) for item in overrides if "=" in item)
     swept = {key.lstrip("+~"): value for key, value in swept.items()}
     metrics = _flatten(json.loads((run_dir / "metrics.json").read_text()))
-    return {"run": str(run_dir), "swept": swept, "metrics": metrics, "curve": read_curve(run_dir)}
+    metrics = {name: value for name, value in metrics.items() if not name.endswith(".pairs")}
+    curve = read_curve(run_dir)
+    metrics.update(training_cost(run_dir, curve))
+    return {"run": str(run_dir), "swept": swept, "metrics": metrics, "curve": curve}
+
+
+def training_cost(run_dir: Path, curve: dict) -> dict[str, float]:
+    """train.steps and train.seconds from run.py's train.json; steps from the curve for older runs."""
+    cost_file = run_dir / "train.json"
+    if cost_file.is_file():
+        cost = json.loads(cost_file.read_text())
+        return {"train.steps": float(cost["steps"]), "train.seconds": float(cost["seconds"])}
+    steps = [step for points in curve.values() for step, _ in points]
+    return {"train.steps": max(steps) + 1} if steps else {}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -75,8 +88,19 @@ def read_curve(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
     return curves
 
 
-def build_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def varied_keys(rows: list[dict]) -> list[str]:
+    """The swept keys whose value differs between runs (the others are the same for all)."""
     keys = sorted({k for row in rows for k in row["swept"]})
+    return [k for k in keys if len({row["swept"].get(k) for row in rows}) > 1 or len(rows) == 1]
+
+
+def fixed_settings(rows: list[dict]) -> dict[str, str]:
+    varied = set(varied_keys(rows))
+    return {k: v for k, v in sorted(rows[0]["swept"].items()) if k not in varied}
+
+
+def build_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    keys = varied_keys(rows)
     metric_names = sorted({m for row in rows for m in row["metrics"]}, key=_metric_order)
     header = keys + metric_names
     body = []
@@ -117,7 +141,7 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     metric = score_metric(rows)
-    keys = sorted({k for row in rows for k in row["swept"]})
+    keys = varied_keys(rows)
     numeric = [k for k in keys if all(_is_number(row["swept"].get(k, "")) for row in rows)]
     categorical = [k for k in keys if k not in numeric]
     written = []
@@ -131,13 +155,16 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
             ax.legend(fontsize=7)
         written.append(_save(fig, out / f"score_vs_{_slug(key)}.png"))
     if metric and categorical:
-        x_key, hue_keys = categorical[0], [k for k in keys if k != categorical[0]]
+        # Bars along the categorical key with the most values (e.g. variant), one colour per value
+        # of the keys it does not decide (e.g. pooling; not the SimCSE-only keys that come with a variant).
+        x_key = max(categorical, key=lambda k: len({r["swept"].get(k) for r in rows}))
+        hue_keys = [k for k in keys if k != x_key and not _decided_by(rows, x_key, k)]
         written.append(_grouped_bars(rows, metric, x_key, hue_keys, out / f"bars_{_slug(x_key)}.png", plt))
     curves = [(r, name, pts) for r in rows for name, pts in r["curve"].items()]
     if curves:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for row, name, points in curves:
-            label = ", ".join(f"{k}={v}" for k, v in row["swept"].items()) or Path(row["run"]).name
+            label = ", ".join(f"{k}={row['swept'].get(k, '')}" for k in keys) or Path(row["run"]).name
             ax.plot(*zip(*sorted(points)), label=f"{label} ({name})")
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend(fontsize=6)
         written.append(_save(fig, out / "training_curves.png"))
@@ -146,7 +173,7 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
 
 def _grouped_bars(rows, metric, x_key, hue_keys, path, plt):
     groups = _group(rows, hue_keys)
-    xs = sorted({r["swept"].get(x_key, "") for r in rows})
+    xs = list(dict.fromkeys(r["swept"].get(x_key, "") for r in rows))  # in run order: the sweep's order
     width = 0.8 / max(len(groups), 1)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(xs) * max(len(groups), 1) * 0.5), 3.5))
     for index, (label, group) in enumerate(groups.items()):
@@ -156,6 +183,12 @@ def _grouped_bars(rows, metric, x_key, hue_keys, path, plt):
     ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(xs))], xs)
     ax.set_xlabel(x_key), ax.set_ylabel(metric), ax.legend(fontsize=7), ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def _decided_by(rows: list[dict], key: str, other: str) -> bool:
+    """Whether each value of `key` comes with a single value of `other`."""
+    seen: dict = {}
+    return all(seen.setdefault(r["swept"].get(key), r["swept"].get(other)) == r["swept"].get(other) for r in rows)
 
 
 def _group(rows: list[dict], keys: list[str]) -> dict[str, list[dict]]:
@@ -185,7 +218,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def html_page(title: str, header: list[str], body: list[list[str]], images: list[Path]) -> str:
+def html_page(title: str, header: list[str], body: list[list[str]], images: list[Path], fixed: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
     figures = "".join(
@@ -197,6 +230,7 @@ def html_page(title: str, header: list[str], body: list[list[str]], images: list
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}figure{display:inline-block}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>All runs: {html.escape(fixed or '-')}</p>"
             f"<table><tr>{head}</tr>{rows}</table>{figures}</body></html>\n")
 
 
@@ -204,11 +238,12 @@ def compare(paths: list[Path], out: Path, title: str = "llm2vec runs") -> dict[s
     rows = [read_run(run) for run in find_runs(paths)]
     out.mkdir(parents=True, exist_ok=True)
     header, body = build_table(rows)
-    (out / "results.md").write_text(markdown_table(header, body))
+    fixed = ", ".join(f"{k}={v}" for k, v in fixed_settings(rows).items())
+    (out / "results.md").write_text(f"{title}\n\nAll runs: {fixed or '-'}\n\n" + markdown_table(header, body))
     with (out / "results.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *body])
     images = plot_runs(rows, out)
-    (out / "index.html").write_text(html_page(title, header, body, images))
+    (out / "index.html").write_text(html_page(title, header, body, images, fixed))
     return {"markdown": out / "results.md", "csv": out / "results.csv", "html": out / "index.html"}
 
 

@@ -34,19 +34,23 @@ def test_table_plots_and_html_from_a_sweep(tmp_path):
     for ratio in ("0.1", "0.4", "0.8"):
         for pooling in ("mean", "weighted_mean"):
             score = float(ratio) * 10 + (1 if pooling == "mean" else 0)
-            fake_run(sweep, [f"model.mask_ratio={ratio}", f"pooling={pooling}"], score, [3.0, 2.0, 1.5])
+            fake_run(sweep, ["model=tiny_llama", f"model.mask_ratio={ratio}", f"pooling={pooling}"], score,
+                     [3.0, 2.0, 1.5])
             scores[(ratio, pooling)] = score
     written = compare([sweep], tmp_path / "out")
 
     rows = list(csv.reader(written["csv"].open()))
     header, body = rows[0], rows[1:]
-    assert header[:2] == ["model.mask_ratio", "pooling"]
-    assert "STSB-test.spearman" in header
+    assert header[:2] == ["model.mask_ratio", "pooling"]  # what varies; `model` is the same for all
+    assert "STSB-test.spearman" in header and "STSB-test.pairs" not in header
     assert len(body) == 6
-    column = header.index("STSB-test.spearman")
+    column, steps = header.index("STSB-test.spearman"), header.index("train.steps")
     for cells in body:
         assert float(cells[column]) == pytest.approx(scores[(cells[0], cells[1])])
-    assert written["markdown"].read_text().count("\n") == 2 + 6
+        assert float(cells[steps]) == 3  # from the training curve
+    markdown = written["markdown"].read_text()
+    assert "All runs: model=tiny_llama" in markdown
+    assert sum(line.startswith("|") for line in markdown.splitlines()) == 2 + 6
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["bars_pooling.png", "score_vs_model_mask_ratio.png", "training_curves.png"]
     for png in (tmp_path / "out").glob("*.png"):

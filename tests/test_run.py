@@ -49,6 +49,8 @@ def test_each_stage_trains_its_adapter_and_writes_a_loadable_run_dir(run_app, tm
     for name in ("config.yaml", "metrics.json", "llm2vec_config.json", "adapter_config.json"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "metrics.json").read_text())["STS-tiny"]["spearman"] == pytest.approx(score)
+    cost = json.loads((run_dir / "train.json").read_text())  # the training cost llm2vec.compare shows
+    assert cost["steps"] == 3 and cost["seconds"] > 0
     assert not torch.allclose(embed(run_dir), embed("tiny-random-llama"))
     # Checkpoints hold the trainable weights (and optimizer), not the frozen base.
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
