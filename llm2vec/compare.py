@@ -161,10 +161,12 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
         hue_keys = [k for k in keys if k != x_key and not _decided_by(rows, x_key, k)]
         written.append(_grouped_bars(rows, metric, x_key, hue_keys, out / f"bars_{_slug(x_key)}.png", plt))
     curves = [(r, name, pts) for r in rows for name, pts in r["curve"].items()]
+    trained = [r for r in rows if r["curve"]]
+    curve_keys = varied_keys(trained) if len(trained) > 1 else []  # what tells the curves apart
     if curves:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for row, name, points in curves:
-            label = ", ".join(f"{k}={row['swept'].get(k, '')}" for k in keys) or Path(row["run"]).name
+            label = ", ".join(f"{k}={row['swept'].get(k, '')}" for k in curve_keys) or Path(row["run"]).name
             ax.plot(*zip(*sorted(points)), label=f"{label} ({name})")
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend(fontsize=6)
         written.append(_save(fig, out / "training_curves.png"))
