@@ -62,7 +62,7 @@ def flops_per_token(encoder: LLM2Vec, mean_length: float) -> float:
 def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) -> dict:
     weights_dtype, autocast_dtype = DTYPES[dtype]
     compute_dtype = autocast_dtype or weights_dtype
-    encoder = LLM2Vec.from_pretrained(model, dtype=weights_dtype)
+    encoder = LLM2Vec.from_pretrained(model, merge_peft=True, dtype=weights_dtype)  # trained encoders: adapters merged
     tokens = int(encoder.tokenize(sentences)["attention_mask"].sum())
 
     def encode(texts):

@@ -4,13 +4,15 @@ run) they reach. Variants:
 
 - fp32: float32 weights, no autocast;
 - bf16: bfloat16 weights + bf16 autocast (conf/trainer/cpu.yaml's bf16-mixed), sdpa, LoRA dropout 0.05;
-- bf16 cpu-recipe: the same with eager attention and no LoRA dropout (experiment/smollm2_cpu_pipeline).
+- bf16 cpu-recipe: the same with eager attention and no LoRA dropout (experiment/smollm2_cpu);
+- bf16 cpu-recipe padded (SimCSE only): the same, texts padded to the longest instead of packed.
 
-    python benchmarks/train.py [--model smollm2-135m] [--steps 5]
+    python benchmarks/train.py [--model smollm2-135m] [--steps 5] [--stages simcse] [--variants fp32,bf16]
 
 Each measurement runs in a fresh process, so its peak memory is its own. A step is what the
 Lightning stage does per batch: forward, backward and the optimizer step. MNTP: 8 blocks of 128
-tokens; SimCSE: 32 wiki sentences (at most 64 tokens) in two dropout views.
+tokens; SimCSE: 32 sentences (at most 64 tokens) in two dropout views, the first 32 of WikiText-2
+(mixed lengths: about half of a padded batch is padding) and 32 of STS-B train (short, similar).
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from llm2vec.data import TextBlocks, read_lines
+from llm2vec.data import TextBlocks, read_sentences
 from llm2vec.encoder import LLM2Vec
 from llm2vec.stages import MNTP, SimCSE
 from llm2vec.stages.base import skip_adapter_input_casts
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SENTENCES = {"wiki": DATA / "wiki" / "wikitext2_sentences.txt", "stsb-train": DATA / "sts" / "STSB-train.tsv"}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VARIANTS = {
     "fp32": dict(dtype=torch.float32, attn_implementation="sdpa", lora_dropout=0.05),
     "bf16": dict(dtype=torch.bfloat16, attn_implementation="sdpa", lora_dropout=0.05),
     "bf16 cpu-recipe": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0),
+    "bf16 cpu-recipe padded": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0, pack=False),
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -57,17 +61,19 @@ def lora(variant: dict) -> dict:
 def mntp_setup(model: str, variant: dict, batch_size: int, block_size: int):
     module = MNTP(model, lora(variant), functools.partial(torch.optim.AdamW, lr=1e-4), dtype=variant["dtype"],
                   attn_implementation=variant["attn_implementation"])
-    data = TextBlocks(module.tokenizer, [str(DATA / "wikitext2_paragraphs.txt")], block_size=block_size, max_texts=400)
+    data = TextBlocks(module.tokenizer, [str(DATA / "wiki" / "wikitext2_paragraphs.txt")], block_size=block_size,
+                      max_texts=400)
     data.setup()
     batch = data.collate(list(range(batch_size)))
     return module, batch, batch["input_ids"].numel()
 
 
-def simcse_setup(model: str, variant: dict, batch_size: int, max_length: int):
+def simcse_setup(model: str, variant: dict, batch_size: int, max_length: int, text: str):
     encoder = LLM2Vec.from_pretrained(model, dtype=variant["dtype"], max_length=max_length,
                                       attn_implementation=variant["attn_implementation"])
     module = SimCSE(encoder, lora(variant), functools.partial(torch.optim.AdamW, lr=1e-4))
-    sentences = read_lines(DATA / "wikitext2_sentences.txt")[:batch_size]
+    module.pack_sequences = variant.get("pack", True)
+    sentences = read_sentences(SENTENCES[text])[:batch_size]
     return module, sentences, len(sentences)
 
 
@@ -77,7 +83,8 @@ def measure(kind: str, model: str, variant_name: str, steps: int, queue) -> None
     if kind == "mntp":
         module, batch, items = mntp_setup(model, variant, batch_size=8, block_size=128)
     else:
-        module, batch, items = simcse_setup(model, variant, batch_size=32, max_length=64)
+        text = kind.split(":")[1]
+        module, batch, items = simcse_setup(model, variant, batch_size=32, max_length=64, text=text)
     module.log_step = lambda *args, **kwargs: None  # no trainer attached
     module.train()
     mixed = variant["dtype"] == torch.bfloat16
@@ -117,18 +124,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--stages", default="mntp,simcse:wiki,simcse:stsb-train", help="comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     peak = {name: matmul_flops_per_second(dtype) for name, dtype in PRECISIONS.items()}
     print(f"matmul 2048^3: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
           f"(x{peak['bf16'] / peak['fp32']:.1f}), {torch.get_num_threads()} threads")
-    print(f"{'stage':<8}{'variant':<17}{'s/step':>8}{'throughput':>22}{'GFLOP/s':>9}{'of matmul':>11}"
+    print(f"{'stage':<19}{'variant':<24}{'s/step':>8}{'throughput':>22}{'GFLOP/s':>9}{'of matmul':>11}"
           f"{'peak RSS':>10}")
-    for kind, unit in (("mntp", "tokens/s"), ("simcse", "sentences/s")):
-        for name, variant in VARIANTS.items():
+    for kind in args.stages.split(","):
+        unit = "tokens/s" if kind == "mntp" else "sentences/s"
+        for name in args.variants.split(","):
+            variant = VARIANTS[name]
+            if kind == "mntp" and "pack" in variant:
+                continue  # MNTP blocks have no padding
             r = run_in_fresh_process(kind, args.model, name, args.steps)
+            # FLOPs counted are those the model ran (packed: without the padding's)
             achieved = r["flops"] / r["seconds"]
             of_peak = achieved / peak["bf16" if variant["dtype"] == torch.bfloat16 else "fp32"]
-            print(f"{kind:<8}{name:<17}{r['seconds']:8.2f}{r['items_per_s']:10.0f} {unit:<11}"
+            print(f"{kind:<19}{name:<24}{r['seconds']:8.2f}{r['items_per_s']:10.0f} {unit:<11}"
                   f"{achieved / 1e9:9.0f}{of_peak:10.0%}{r['peak_gb']:8.2f} GB", flush=True)
 
 
