@@ -2,7 +2,7 @@
 # The paper's main ablation: {Uni, Bi, Bi+MNTP, Bi+MNTP+SimCSE} x {mean, weighted_mean, eos_token},
 # plus the Echo-embeddings row. MNTP is trained once; every Bi+MNTP(+SimCSE) job builds on it.
 #   experiments/pooling_variant.sh                                                        # SmolLM2 on this CPU
-#   MODEL=mistral7b TRAINER=gpu MNTP_STEPS=1000 SIMCSE_STEPS=1000 RECIPE= SIMCSE_ARGS= \
+#   MODEL=mistral7b TRAINER=gpu MNTP_STEPS=1000 SIMCSE_STEPS=1000 RECIPE= SIMCSE_ARGS=data=wiki1m \
 #     MNTP_ARGS=data=wikitext103_blocks experiments/pooling_variant.sh                     # the paper's scale
 set -euo pipefail
 cd "$(dirname "$0")/.."
