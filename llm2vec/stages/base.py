@@ -4,7 +4,7 @@ lean checkpoints (trainable weights only) and saving the encoder into the run di
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from lightning import LightningModule
@@ -48,7 +48,6 @@ class TrainingStage(LightningModule):
     """Base of the stages: subclasses set `self.encoder` (an LLM2Vec whose model is a PeftModel)."""
 
     encoder: LLM2Vec
-    pack_sequences = True  # padding-free batches where the encoder allows them (`embed`)
 
     def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
         super().__init__()
@@ -94,12 +93,6 @@ class TrainingStage(LightningModule):
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state(states["cuda"])
         self._rng_states_to_restore = {}
-
-    def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:
-        """Pooled embeddings with gradients, tokenized and pooled exactly as at inference. Packed
-        (`llm2vec.packing`) where the encoder allows it: the same embeddings without the padding's compute."""
-        features = self.encoder.tokenize(items, pack=self.pack_sequences and self.encoder.can_pack)
-        return self.encoder({name: tensor.to(self.device) for name, tensor in features.items()})
 
     def log_step(self, loss: torch.Tensor, batch_size: int) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

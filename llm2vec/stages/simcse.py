@@ -12,11 +12,11 @@ from typing import Callable
 import torch
 
 from llm2vec.encoder import LLM2Vec
-from llm2vec.losses import ContrastiveLoss
-from llm2vec.stages.base import TrainingStage, add_lora, set_attention_dropout
+from llm2vec.stages.base import set_attention_dropout
+from llm2vec.stages.contrastive import ContrastiveStage
 
 
-class SimCSE(TrainingStage):
+class SimCSE(ContrastiveStage):
     def __init__(
         self,
         encoder: LLM2Vec,
@@ -27,11 +27,8 @@ class SimCSE(TrainingStage):
         attention_dropout: float = 0.3,
         gradient_checkpointing: bool = False,
     ):
-        super().__init__(optimizer, scheduler)
-        encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing)
         set_attention_dropout(encoder.model, attention_dropout)
-        self.encoder = encoder
-        self.loss = ContrastiveLoss(temperature)
 
     def training_step(self, sentences: list[str], batch_idx: int) -> torch.Tensor:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.

@@ -8,11 +8,10 @@ from typing import Callable
 import torch
 
 from llm2vec.encoder import LLM2Vec
-from llm2vec.losses import ContrastiveLoss
-from llm2vec.stages.base import TrainingStage, add_lora
+from llm2vec.stages.contrastive import ContrastiveStage
 
 
-class Supervised(TrainingStage):
+class Supervised(ContrastiveStage):
     def __init__(
         self,
         encoder: LLM2Vec,
@@ -22,10 +21,7 @@ class Supervised(TrainingStage):
         temperature: float = 0.02,
         gradient_checkpointing: bool = False,
     ):
-        super().__init__(optimizer, scheduler)
-        encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
-        self.encoder = encoder
-        self.loss = ContrastiveLoss(temperature)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         queries = self.embed(batch["query"])  # [instruction, query] pairs
