@@ -13,8 +13,8 @@ One mechanism for every architecture that uses transformers' standard masking in
    batches) and `sliding_window = None` (flash applies the window itself).
 
 The hook materialises the mask even without padding: a `None` mask would let the backbone build
-its usual causal mask. A packed `attention_mask` (text numbers 1, 2, ... per row, `llm2vec.packing`)
-becomes a block-diagonal mask: each text attends to itself only.
+its usual causal mask. Packed rows (`llm2vec.packing`) get a block-diagonal mask from
+`block_diagonal_mask`, which the hook passes on like any prepared mask.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
 
-from llm2vec.packing import PACKABLE_ATTENTION, segments_of
+from llm2vec.packing import PACKABLE_ATTENTION
 
 _STATE = "_llm2vec_bidirectional"
 
@@ -87,24 +87,11 @@ def _bidirectional_mask_hook(module: nn.Module, args: tuple, kwargs: dict):
         return None  # an already prepared (4D, dict, BlockMask) mask is the caller's choice
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        weight = module.get_input_embeddings().weight
-        # Only shape, dtype and device are read: a zero-stride view costs no memory.
-        embeds = torch.empty((), dtype=weight.dtype, device=weight.device).expand(*input_ids.shape, 1)
-        if torch.is_autocast_enabled(weight.device.type):
-            embeds = embeds.to(torch.get_autocast_dtype(weight.device.type))
-    same_text = None
-    segments = None if padding_mask is None else segments_of(padding_mask)
-    if segments is not None:
-        implementation = module.config._attn_implementation
-        if implementation not in PACKABLE_ATTENTION:
-            raise ValueError(f"packed sequences need {', '.join(PACKABLE_ATTENTION)} attention, not {implementation}")
-        same_text, padding_mask = packed_sequence_mask_function(segments), None
+        embeds = _embeds_like(module, kwargs.get("input_ids", args[0] if args else None))
     mask = create_bidirectional_mask(
         config=module.config,
         inputs_embeds=embeds,
         attention_mask=padding_mask,
-        and_mask_function=same_text,
         allow_is_bidirectional_skip=False,
     )
     if mask is None:  # flash attention without padding: no mask, `is_causal=False` does the rest
@@ -114,3 +101,31 @@ def _bidirectional_mask_hook(module: nn.Module, args: tuple, kwargs: dict):
     else:
         args[1] = mask
     return tuple(args), kwargs
+
+
+def block_diagonal_mask(model: nn.Module, input_ids: torch.Tensor, text_numbers: torch.Tensor):
+    """The attention mask of packed rows (`llm2vec.packing`: `text_numbers` is 1, 2, ... per text, 0
+    for padding): each text attends to all of itself and to nothing else. Padding is numbered as one
+    more text, so no query is left without a key. A prepared mask: the hook passes it on unchanged."""
+    backbone = backbone_of(model)
+    implementation = backbone.config._attn_implementation
+    if implementation not in PACKABLE_ATTENTION:
+        raise ValueError(f"packed sequences need {', '.join(PACKABLE_ATTENTION)} attention, not {implementation}")
+    segments = text_numbers.masked_fill(text_numbers == 0, int(text_numbers.max()) + 1)
+    return create_bidirectional_mask(
+        config=backbone.config,
+        inputs_embeds=_embeds_like(backbone, input_ids),
+        attention_mask=None,
+        and_mask_function=packed_sequence_mask_function(segments),
+        allow_is_bidirectional_skip=False,
+    )
+
+
+def _embeds_like(backbone: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """What the mask builders read of the input embeddings (shape, dtype, device), without embedding:
+    a zero-stride view costs no memory."""
+    weight = backbone.get_input_embeddings().weight
+    embeds = torch.empty((), dtype=weight.dtype, device=weight.device).expand(*input_ids.shape, 1)
+    if torch.is_autocast_enabled(weight.device.type):
+        embeds = embeds.to(torch.get_autocast_dtype(weight.device.type))
+    return embeds

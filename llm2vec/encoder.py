@@ -24,7 +24,7 @@ from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm2vec.bidirectional import disable_bidirectional, enable_bidirectional, is_bidirectional
+from llm2vec.bidirectional import block_diagonal_mask, disable_bidirectional, enable_bidirectional, is_bidirectional
 from llm2vec.loading import load_decoder, looks_like_path
 from llm2vec.packing import PACKABLE_ATTENTION, is_packed, pack_sequences, unpack
 from llm2vec.pooling import Pooling, check_pooling_mode
@@ -262,8 +262,11 @@ class LLM2Vec(nn.Module):
         if position_ids is None:
             # Positions count real tokens only, so left padding gives the same positions as none.
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        model_mask = attention_mask
+        if is_packed(features):  # each text of a row attends to itself only
+            model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
         hidden = self.model(
-            input_ids=features["input_ids"], attention_mask=attention_mask, position_ids=position_ids
+            input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids
         ).last_hidden_state
         if is_packed(features):
             return self.pooling(*unpack(hidden, features))

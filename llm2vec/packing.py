@@ -3,9 +3,10 @@
 Texts padded to the longest of their batch waste the compute spent on padding: about half of it
 for sentences of mixed lengths, which is what contrastive training feeds the model. Packed, the
 texts fill rows as long as the longest one (first fit, longest first). `attention_mask` then holds
-each token's text number within its row (1, 2, ...; 0 for padding), which `llm2vec.bidirectional`
-turns into a block-diagonal mask, and positions restart at 0 for every text. After the model,
-`unpack` lays the token states out one text a row again, so pooling is unchanged.
+each token's text number within its row (1, 2, ...; 0 for padding), from which
+`llm2vec.bidirectional.block_diagonal_mask` builds the attention mask, and positions restart at 0
+for every text. After the model, `unpack` lays the token states out one text a row again, so
+pooling is unchanged.
 
 Bidirectional attention with eager, sdpa or flex attention only: the mask must be materialised
 (flash attention reads a padding mask, not a block-diagonal one).
@@ -83,11 +84,3 @@ def unpack(hidden: torch.Tensor, features: dict[str, torch.Tensor]) -> tuple[tor
     embed_mask = features["embed_mask"].flatten()[index] * mask
     return states, mask, embed_mask
 
-
-def segments_of(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """The text numbers of a packed 2D `attention_mask`, padding numbered as one more text (so no
-    query is left without a key); None for an ordinary 0/1 padding mask."""
-    highest = int(attention_mask.max()) if attention_mask.numel() else 0
-    if highest <= 1:
-        return None
-    return attention_mask.masked_fill(attention_mask == 0, highest + 1)
