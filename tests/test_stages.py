@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import Trainer
 from peft import PeftModel
+from torch.utils.data import DataLoader
 from transformers import AutoModel
 
 from llm2vec import LLM2Vec, enable_bidirectional
 from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
 from llm2vec.loading import load_tokenizer, resolve_weights
 from llm2vec.stages import MNTP, SimCSE, Supervised
+from llm2vec.stages.base import compile_decoder_layers
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -134,9 +137,9 @@ def test_mntp_new_mask_token_trains_and_the_saved_adapter_loads_with_plain_peft(
 # ----------------------------------------------------------------------------- SimCSE
 
 
-def simcse(pooling_mode: str = "mean", attention_dropout: float = 0.3) -> SimCSE:
+def simcse(pooling_mode: str = "mean", attention_dropout: float = 0.3, **kwargs) -> SimCSE:
     encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_mode=pooling_mode)
-    return SimCSE(encoder, LORA, ADAMW, attention_dropout=attention_dropout)
+    return SimCSE(encoder, LORA, ADAMW, attention_dropout=attention_dropout, **kwargs)
 
 
 def test_simcse_dropout_makes_the_two_views_differ_in_training_only():
@@ -169,6 +172,31 @@ def test_simcse_feeds_the_model_packed_rows_without_padding_compute():
     manual_step(module, SENTENCES)
     padded = module.encoder.tokenize(SENTENCES + SENTENCES)["input_ids"].shape
     assert rows and rows[0][0] * rows[0][1] < padded[0] * padded[1]
+
+
+def fit_losses(module, steps: int) -> list[float]:
+    """The training losses of `steps` Lightning steps on the same SENTENCES batch."""
+    losses = []
+    module.log_step = lambda loss, batch_size: losses.append(loss.item())
+    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader([SENTENCES] * steps, batch_size=None))
+    return losses
+
+
+def test_compiled_decoder_layers_train_like_eager_ones():
+    eager, compiled = simcse(attention_dropout=0.0), simcse(attention_dropout=0.0, compile_layers=True)
+    compiled.encoder.model.load_state_dict(eager.encoder.model.state_dict())  # the same fresh LoRA
+    eager_losses, compiled_losses = fit_losses(eager, 3), fit_losses(compiled, 3)
+    layers = compiled.encoder.model.get_base_model().layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert eager_losses[0] != eager_losses[-1]  # the steps train
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+
+
+def test_compiling_a_model_without_decoder_layers_is_refused():
+    with pytest.raises(ValueError, match="no decoder layers found in Sequential"):
+        compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
 def test_latent_attention_pooling_is_optimised_and_saved(tmp_path):

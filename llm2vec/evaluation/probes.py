@@ -82,7 +82,7 @@ def _token_states(encoder, ids: list[list[int]], layer: int) -> torch.Tensor:
     attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids], device=encoder.device)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     output = encoder.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           output_hidden_states=layer != -1)
+                           output_hidden_states=layer != -1, use_cache=False)
     states = output.last_hidden_state if layer == -1 else output.hidden_states[layer]
     return states.float().cpu()
 

@@ -11,6 +11,7 @@ from lightning import LightningModule
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from transformers import PreTrainedModel
 
 from llm2vec.encoder import LLM2Vec
 
@@ -40,6 +41,19 @@ def skip_adapter_input_casts(model: nn.Module) -> None:
             module.cast_input_dtype_enabled = False
 
 
+def compile_decoder_layers(model: nn.Module) -> int:
+    """Regional compilation: torch.compile every decoder layer in place. The layers share one compiled
+    graph (compiling costs about one layer's time) that fuses their element-wise work, LoRA's and the
+    autocast casts included; masks, pooling and the loss stay eager. Returns the number of layers."""
+    layer_classes = {name for m in model.modules() if isinstance(m, PreTrainedModel) for name in m._no_split_modules or []}
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"compile_layers: no decoder layers found in {type(model).__name__}")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def torch_dtype(dtype: str | torch.dtype | None):
     return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
 
@@ -49,8 +63,9 @@ class TrainingStage(LightningModule):
 
     encoder: LLM2Vec
 
-    def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
+    def __init__(self, optimizer: Callable, scheduler: Callable | None = None, compile_layers: bool = False):
         super().__init__()
+        self.compile_layers = compile_layers  # torch.compile the decoder layers when training starts
         self.make_optimizer = optimizer  # e.g. functools.partial(torch.optim.AdamW, lr=1e-4)
         self.make_scheduler = scheduler  # e.g. partial(get_linear_schedule_with_warmup, ...), stepped per step
         self.strict_loading = False  # checkpoints hold the trainable weights only
@@ -70,6 +85,8 @@ class TrainingStage(LightningModule):
         self.train()  # models come from from_pretrained in eval mode; dropout must be on while training
         if "mixed" in str(self.trainer.precision):
             skip_adapter_input_casts(self)
+        if self.compile_layers:
+            compile_decoder_layers(self.encoder.model)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The frozen base is rebuilt from its source on resume: keep checkpoints adapter-sized.

@@ -23,8 +23,9 @@ class ContrastiveStage(TrainingStage):
         scheduler: Callable | None = None,
         temperature: float = 0.05,
         gradient_checkpointing: bool = False,
+        compile_layers: bool = False,
     ):
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, compile_layers)
         encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
         self.encoder = encoder
         self.loss = ContrastiveLoss(temperature)

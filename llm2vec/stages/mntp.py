@@ -35,10 +35,11 @@ class MNTP(TrainingStage):
         max_length: int = 512,
         enable_bidirectional: bool = True,
         gradient_checkpointing: bool = False,
+        compile_layers: bool = False,
         dtype: str | None = "bfloat16",
         attn_implementation: str | None = "sdpa",
     ):
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, compile_layers)
         check_mask_token_type(mask_token_type), check_mask_strategy(mask_strategy), check_mask_ratio(mask_ratio)
         if is_saved_encoder(model_name_or_path):
             raise ValueError(
@@ -74,7 +75,9 @@ class MNTP(TrainingStage):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids, labels = self.masking(batch["input_ids"], batch["attention_mask"])
-        hidden = self.encoder.model(input_ids=input_ids, attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = self.encoder.model(
+            input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
         loss = masked_next_token_loss(hidden, labels, self.token_logits)
         self.log_step(loss, batch_size=len(input_ids))
         return loss

@@ -26,8 +26,9 @@ class SimCSE(ContrastiveStage):
         temperature: float = 0.05,
         attention_dropout: float = 0.3,
         gradient_checkpointing: bool = False,
+        compile_layers: bool = False,
     ):
-        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers)
         set_attention_dropout(encoder.model, attention_dropout)
 
     def training_step(self, sentences: list[str], batch_idx: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from lightning import Callback
 
 from llm2vec.evaluation.sts import run_sts_suite
@@ -28,7 +29,9 @@ class STSEvalCallback(Callback):
             self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer, pl_module) -> None:
-        with trainer.precision_plugin.forward_context():  # the training precision (e.g. bf16 autocast)
+        # The training precision (e.g. bf16 autocast); compiled layers run eagerly, so evaluation's
+        # new shapes and modes do not recompile the training graphs.
+        with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
             results, _ = run_sts_suite(pl_module.encoder, self.tasks, self.instruction, self.batch_size,
                                        show_progress_bar=False, max_batch_tokens=self.max_batch_tokens)
         metrics = {f"curve/{task}/spearman": scores["spearman"] for task, scores in results.items()}

@@ -20,8 +20,9 @@ class Supervised(ContrastiveStage):
         scheduler: Callable | None = None,
         temperature: float = 0.02,
         gradient_checkpointing: bool = False,
+        compile_layers: bool = False,
     ):
-        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         queries = self.embed(batch["query"])  # [instruction, query] pairs
