@@ -2,6 +2,8 @@
 # SimCSE temperature x attention dropout, on top of one MNTP run (trained first if missing).
 # For a search instead of a grid: python run.py -m +sweep=simcse_optuna stage.init_from=<MNTP run>
 #   experiments/simcse.sh                                                    # SmolLM2 on this CPU
+#   SIMCSE_STEPS=250 OUT=experiments/runs/simcse_250-smollm2_135m RESULTS=experiments/results/simcse_250-smollm2_135m \
+#     experiments/simcse.sh                                                  # longer runs, results kept apart
 #   MODEL=llama3_8b TRAINER=gpu MNTP_STEPS=1000 SIMCSE_STEPS=1000 RECIPE= MNTP_ARGS= SIMCSE_ARGS= experiments/simcse.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ RECIPE=${RECIPE-experiment=smollm2_cpu}
 MNTP_ARGS=${MNTP_ARGS-stage.module.optimizer.lr=2e-4}
 SIMCSE_ARGS=${SIMCSE_ARGS-data=stsb_train_sentences data.group_by_length=true stage.module.optimizer.lr=3e-4}
 OUT=${OUT:-experiments/runs/simcse-$MODEL}
+RESULTS=${RESULTS:-experiments/results/simcse-$MODEL}
 MNTP_RUN=${MNTP_RUN:-experiments/runs/pooling_variant-$MODEL/mntp}
 PYTHON=${PYTHON:-python}
 
@@ -25,5 +28,5 @@ fi
 $PYTHON run.py -m model="$MODEL" trainer="$TRAINER" $RECIPE stage=simcse stage.init_from="$MNTP_RUN" \
   trainer.max_steps="$SIMCSE_STEPS" $SIMCSE_ARGS stage.module.temperature="$TEMPERATURES" \
   stage.module.attention_dropout="$DROPOUTS" hydra.sweep.dir="$OUT/sweep"
-$PYTHON -m llm2vec.compare "$OUT/sweep" --out "experiments/results/simcse-$MODEL" \
+$PYTHON -m llm2vec.compare "$OUT/sweep" --out "$RESULTS" \
   --title "SimCSE temperature x attention dropout ($MODEL, $SIMCSE_STEPS steps)"

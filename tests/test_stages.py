@@ -199,6 +199,14 @@ def test_compiling_a_model_without_decoder_layers_is_refused():
         compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
+def test_without_a_cpp_compiler_cpu_training_stays_eager(monkeypatch, caplog):
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "no-such-compiler++"))
+    module = simcse()
+    assert compile_decoder_layers(module.encoder.model) == 0
+    assert all(layer._compiled_call_impl is None for layer in module.encoder.model.get_base_model().layers)
+    assert "no C++ compiler found" in caplog.text
+
+
 def test_latent_attention_pooling_is_optimised_and_saved(tmp_path):
     module = simcse(pooling_mode="latent_attention", attention_dropout=0.1)
     pooling = list(module.encoder.pooling.parameters())

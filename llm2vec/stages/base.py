@@ -3,6 +3,7 @@ lean checkpoints (trainable weights only) and saving the encoder into the run di
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from llm2vec.encoder import LLM2Vec
+
+logger = logging.getLogger(__name__)
 
 
 def add_lora(backbone: nn.Module, lora: dict, gradient_checkpointing: bool = False) -> PeftModel:
@@ -44,7 +47,11 @@ def skip_adapter_input_casts(model: nn.Module) -> None:
 def compile_decoder_layers(model: nn.Module) -> int:
     """Regional compilation: torch.compile every decoder layer in place. The layers share one compiled
     graph (compiling costs about one layer's time) that fuses their element-wise work, LoRA's and the
-    autocast casts included; masks, pooling and the loss stay eager. Returns the number of layers."""
+    autocast casts included; masks, pooling and the loss stay eager. Returns the number of layers
+    compiled: none on a CPU without a C++ compiler (inductor's CPU kernels need one), with a warning."""
+    if next(model.parameters()).device.type == "cpu" and not has_cpp_compiler():
+        logger.warning("compile_layers: no C++ compiler found (torch.compile needs one on CPU); training eagerly")
+        return 0
     layer_classes = {name for m in model.modules() if isinstance(m, PreTrainedModel) for name in m._no_split_modules or []}
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
@@ -52,6 +59,16 @@ def compile_decoder_layers(model: nn.Module) -> int:
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def has_cpp_compiler() -> bool:
+    from torch._inductor.cpp_builder import get_cpp_compiler  # inductor's own search (g++, clang++, $CXX)
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # inductor raises its InvalidCxxCompiler
+        return False
+    return True
 
 
 def torch_dtype(dtype: str | torch.dtype | None):
