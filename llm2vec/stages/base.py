@@ -49,13 +49,15 @@ def compile_decoder_layers(model: nn.Module) -> int:
     graph (compiling costs about one layer's time) that fuses their element-wise work, LoRA's and the
     autocast casts included; masks, pooling and the loss stay eager. Returns the number of layers
     compiled: none on a CPU without a C++ compiler (inductor's CPU kernels need one), with a warning."""
-    if next(model.parameters()).device.type == "cpu" and not has_cpp_compiler():
-        logger.warning("compile_layers: no C++ compiler found (torch.compile needs one on CPU); training eagerly")
-        return 0
-    layer_classes = {name for m in model.modules() if isinstance(m, PreTrainedModel) for name in m._no_split_modules or []}
+    # transformers names each model's repeated block (the decoder layer) in _no_split_modules.
+    models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    layer_classes = {name for m in models for name in m._no_split_modules or []}
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
         raise ValueError(f"compile_layers: no decoder layers found in {type(model).__name__}")
+    if next(model.parameters()).device.type == "cpu" and not has_cpp_compiler():
+        logger.warning("compile_layers: no C++ compiler found (torch.compile needs one on CPU); training eagerly")
+        return 0
     for layer in layers:
         layer.compile()
     return len(layers)
