@@ -200,6 +200,8 @@ def test_compiling_a_model_without_decoder_layers_is_refused():
 
 
 def test_without_a_cpp_compiler_cpu_training_stays_eager(monkeypatch, caplog):
+    import torch._inductor.config
+
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "no-such-compiler++"))
     module = simcse()
     assert compile_decoder_layers(module.encoder.model) == 0
