@@ -262,13 +262,14 @@ class LLM2Vec(nn.Module):
         if position_ids is None:
             # Positions count real tokens only, so left padding gives the same positions as none.
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        packed = is_packed(features)
         model_mask = attention_mask
-        if is_packed(features):  # each text of a row attends to itself only
+        if packed:  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
         hidden = self.model(
             input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
-        if is_packed(features):
+        if packed:
             return self.pooling(*unpack(hidden, features))
         return self.pooling(hidden, attention_mask, features["embed_mask"])
 
