@@ -25,6 +25,9 @@ from lightning import Trainer, seed_everything
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from llm2vec import atomic
+from llm2vec.checkpoints import AtomicCheckpointIO
+from llm2vec.checkpoints import checkpoint_to_resume as resumable
 from llm2vec.evaluation import run_evaluation
 
 ROOT = Path(__file__).resolve().parent
@@ -46,7 +49,7 @@ def evaluate(encoder, cfg: DictConfig, run_dir: Path) -> dict:
     """Run the eval config on the encoder; metrics.json gets {task: scores}."""
     print(f"\n== {cfg.stage.name}: {run_dir}", flush=True)
     summary = run_evaluation(encoder, OmegaConf.to_container(cfg.eval, resolve=True), run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(summary["results"], indent=2) + "\n")
+    atomic.write_json(run_dir / "metrics.json", summary["results"])
     return summary["results"]
 
 
@@ -60,7 +63,10 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
     data = instantiate(cfg.data)
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
+    # Checkpoints are written atomically unless the trainer config brings its own plugins.
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
+                          **plugins)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     start = time.perf_counter()
@@ -69,7 +75,7 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
         module.save(run_dir)
         # The training cost, for llm2vec.compare (after a resume: the time of the last part only).
         cost = {"steps": trainer.global_step, "seconds": time.perf_counter() - start}
-        (run_dir / "train.json").write_text(json.dumps(cost, indent=2) + "\n")
+        atomic.write_json(run_dir / "train.json", cost)
     return trainer, loggers
 
 
@@ -78,10 +84,8 @@ def checkpoint_to_resume(cfg: DictConfig, trainer: Trainer) -> str | None:
         return None
     if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
         raise ValueError("resume=true needs the model_checkpoint callback (callbacks=default)")
-    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
-    if not last.is_file():
-        raise FileNotFoundError(f"resume=true: {last} does not exist (name the run: hydra.run.dir=<its run dir>)")
-    return str(last)
+    # A damaged last.ckpt stops here, named, with how to go on (llm2vec.checkpoints).
+    return resumable(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
 
 def log_results(loggers: list, results: dict, step: int) -> None:
@@ -102,7 +106,7 @@ def run(cfg: DictConfig) -> float | None:
         cfg.stage.init_from = cfg.model.base_model_name_or_path
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.seed, workers=True)
     loggers, step = [], 0
     if cfg.stage.get("module") is None:
@@ -150,7 +154,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
             gc.collect()  # the finished step's model and trainer sit in reference cycles: free them now
         results[stage] = json.loads((step_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic.write_json(run_dir / "metrics.json", results)
     print(f"\n== pipeline ({cfg.model.name}): score x100 after each step\n{pipeline_table(results)}", flush=True)
     last_step = list(results.values())[-1] if results else {}
     first = next(iter(last_step.values()), None)

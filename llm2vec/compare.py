@@ -15,11 +15,14 @@ import argparse
 import base64
 import csv
 import html
+import io
 import json
 import math
 from pathlib import Path
 
 import yaml
+
+from llm2vec import atomic
 
 SCORE_SUFFIX = ".spearman"
 
@@ -215,7 +218,8 @@ def _slug(text: str) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.replacing(path) as temp:
+        fig.savefig(temp, dpi=110, format=path.suffix.lstrip(".") or "png")
     fig.clf()
     return path
 
@@ -241,11 +245,12 @@ def compare(paths: list[Path], out: Path, title: str = "llm2vec runs") -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     header, body = build_table(rows)
     fixed = ", ".join(f"{k}={v}" for k, v in fixed_settings(rows).items())
-    (out / "results.md").write_text(f"{title}\n\nAll runs: {fixed or '-'}\n\n" + markdown_table(header, body))
-    with (out / "results.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([header, *body])
+    atomic.write_text(out / "results.md", f"{title}\n\nAll runs: {fixed or '-'}\n\n" + markdown_table(header, body))
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([header, *body])
+    atomic.write_text(out / "results.csv", table.getvalue())
     images = plot_runs(rows, out)
-    (out / "index.html").write_text(html_page(title, header, body, images, fixed))
+    atomic.write_text(out / "index.html", html_page(title, header, body, images, fixed))
     return {"markdown": out / "results.md", "csv": out / "results.csv", "html": out / "index.html"}
 
 

@@ -24,15 +24,30 @@ from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm2vec import atomic
 from llm2vec.bidirectional import block_diagonal_mask, disable_bidirectional, enable_bidirectional, is_bidirectional
+from llm2vec.encoder_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CONFIG_NAME,
+    EncoderFilesError,
+    base_fingerprint,
+    check_adapter_dir,
+    check_adapter_fits,
+    check_fingerprint,
+    check_recorded_base,
+    manifest,
+    read_config,
+)
 from llm2vec.loading import load_decoder, looks_like_path
 from llm2vec.packing import PACKABLE_ATTENTION, is_packed, pack_sequences, unpack
 from llm2vec.pooling import Pooling, check_pooling_mode
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "llm2vec_config.json"
 POOLING_WEIGHTS = "pooling.pt"
+# What `save` writes besides the tokenizer: a new save deletes those of an older one it does not write.
+ENCODER_ENTRIES = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS, POOLING_WEIGHTS, "merged_adapters")
 PROGRESS_BAR_MIN_ITEMS = 256
 
 
@@ -41,7 +56,17 @@ def is_saved_encoder(path: str | Path) -> bool:
 
 
 def _is_adapter(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def _refuse_unfinished(path: Path) -> None:
+    """A folder that looks like an encoder's but has no llm2vec_config.json is never read as a base model."""
+    if _is_adapter(path):
+        raise EncoderFilesError(f"{path} holds a peft adapter but no {CONFIG_NAME}: an interrupted save "
+                                "(save it again) or a plain adapter (pass it as peft_model_name_or_path)")
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        raise EncoderFilesError(f"{path} is a run dir without a saved encoder ({CONFIG_NAME}): its training did not "
+                                f"finish (resume it: hydra.run.dir={path} resume=true) or its stage trains nothing")
 
 
 class LLM2Vec(nn.Module):
@@ -95,25 +120,31 @@ class LLM2Vec(nn.Module):
         adapters: list[str] = []
         if is_saved_encoder(base_model_name_or_path):
             saved_root = Path(base_model_name_or_path)
-            saved = json.loads((saved_root / CONFIG_NAME).read_text())
+            saved = read_config(saved_root)  # refuses a damaged or incomplete save, naming the file
             adapters = [str(saved_root / a) for a in saved.get("merged_adapters", [])]
             if _is_adapter(saved_root):
                 adapters.append(str(saved_root))
             base_model_name_or_path = saved["base_model_name_or_path"]
+        elif Path(base_model_name_or_path).is_dir():
+            _refuse_unfinished(Path(base_model_name_or_path))
         if peft_model_name_or_path is not None:
             if not Path(peft_model_name_or_path).exists() and looks_like_path(peft_model_name_or_path):
                 raise FileNotFoundError(f"peft_model_name_or_path {peft_model_name_or_path!r} does not exist")
             adapters.append(str(peft_model_name_or_path))
+        for adapter in adapters:
+            check_adapter_dir(adapter)
 
         model, tokenizer = load_decoder(base_model_name_or_path, **_hf_kwargs(hf_kwargs))
+        if saved_root is not None:
+            check_fingerprint(saved_root, saved, model, base_model_name_or_path)
         # Every adapter but the last is merged (they were merged before the last one was trained);
         # the last is merged only on request, so it can keep training.
         merged = []
         for adapter in adapters[:-1]:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model = _load_adapter(model, adapter, base_model_name_or_path).merge_and_unload()
             merged.append(adapter)
         if adapters:
-            model = PeftModel.from_pretrained(model, adapters[-1], is_trainable=not merge_peft)
+            model = _load_adapter(model, adapters[-1], base_model_name_or_path, is_trainable=not merge_peft)
             if merge_peft:
                 model = model.merge_and_unload()
                 merged.append(adapters[-1])
@@ -138,29 +169,34 @@ class LLM2Vec(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the encoder to `path`; `LLM2Vec.from_pretrained(path)` gives it back."""
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        merged_dirs = []
-        for index, adapter in enumerate(self.merged_adapters):
-            target = root / "merged_adapters" / f"{index:02d}"
-            if Path(adapter).resolve() != target.resolve():
-                shutil.rmtree(target, ignore_errors=True)
+        # Written into a staging folder, then moved in with llm2vec_config.json last: a kill leaves
+        # the old encoder, the new one, or a folder from_pretrained refuses (llm2vec.atomic).
+        with atomic.directory(root, commit_last=CONFIG_NAME, replaces=ENCODER_ENTRIES) as staging:
+            merged_dirs = []
+            for index, adapter in enumerate(self.merged_adapters):
+                name = f"merged_adapters/{index:02d}"
                 # The adapter files only: a training run dir also holds checkpoints, logs and metrics.
-                shutil.copytree(adapter, target, ignore=lambda _, names: [n for n in names if not n.startswith("adapter_")])
-            merged_dirs.append(str(target.relative_to(root)))
-        if isinstance(self.model, PeftModel):
-            self.model.save_pretrained(root)
-        if any(True for _ in self.pooling.parameters()):
-            torch.save(self.pooling.state_dict(), root / POOLING_WEIGHTS)
-        config = {
-            "base_model_name_or_path": self.base_model_name_or_path,
-            "pooling_mode": self.pooling_mode,
-            "max_length": self.max_length,
-            "enable_bidirectional": self.bidirectional,
-            "merged_adapters": merged_dirs,
-            "echo": self.echo,
-        }
-        (root / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        self.tokenizer.save_pretrained(root)
+                shutil.copytree(adapter, staging / name,
+                                ignore=lambda _, names: [n for n in names if not n.startswith("adapter_")])
+                merged_dirs.append(name)
+            if isinstance(self.model, PeftModel):
+                self.model.save_pretrained(staging)
+            if any(True for _ in self.pooling.parameters()):
+                torch.save(self.pooling.state_dict(), staging / POOLING_WEIGHTS)
+            self.tokenizer.save_pretrained(staging)
+            loaded = sorted(str(p.relative_to(staging)) for p in staging.rglob("*")
+                            if p.is_file() and (p.name.startswith("adapter_") or p.name == POOLING_WEIGHTS))
+            config = {
+                "base_model_name_or_path": self.base_model_name_or_path,
+                "pooling_mode": self.pooling_mode,
+                "max_length": self.max_length,
+                "enable_bidirectional": self.bidirectional,
+                "merged_adapters": merged_dirs,
+                "echo": self.echo,
+                "base_model": base_fingerprint(self.model),  # what the adapters fit
+                "files": manifest(staging, loaded),  # sizes and hashes, checked on load
+            }
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return root
 
     # ----------------------------------------------------------------- attention
@@ -203,7 +239,7 @@ class LLM2Vec(nn.Module):
 
     def _token_ids(self, items: Sequence[str | Sequence[str]]) -> list[tuple[list[int], list[int]]]:
         """Per item, (BOS + instruction ids, text ids [+ EOS]), the text truncated to max_length."""
-        instructions, texts = zip(*(_split_item(item) for item in items))
+        instructions, texts = zip(*(_split_item(item) for item in _check_items(items)))
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         instruction_ids = self._instruction_ids(instructions)
         prefix = [self.tokenizer.bos_token_id] if self._adds_bos else []
@@ -291,7 +327,7 @@ class LLM2Vec(nn.Module):
         many tokens counting padding: with a large `batch_size`, short texts then share big batches
         and long ones are split. On CPU about 2048 tokens is fastest (batches that stay in cache)."""
         single = isinstance(sentences, str)
-        items = [sentences] if single else _check_items(sentences)
+        items = [sentences] if single else sentences
         if device is not None:
             self.to(device)
         # Sorted by token count, not characters: batches then hold texts of (nearly) one length,
@@ -322,6 +358,20 @@ class LLM2Vec(nn.Module):
         return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings.cpu())
 
 
+def _load_adapter(model: nn.Module, adapter: str, base: str, is_trainable: bool = False) -> PeftModel:
+    """peft's loading, refusing an adapter made for another base model (peft would skip what does
+    not fit and load the rest)."""
+    check_recorded_base(model, adapter, base)
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+    except (RuntimeError, ValueError) as error:  # size mismatches, target modules the model lacks
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        reason = next((line.strip() for line in lines if "size mismatch" in line), lines[0])
+        raise EncoderFilesError(f"adapter {adapter} does not fit base model {base}: {reason}") from None
+    check_adapter_fits(peft_model, adapter, base)
+    return peft_model
+
+
 def _batches(order: np.ndarray, lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> list:
     """Consecutive runs of `order` (longest text first) of at most `batch_size` texts and, if set,
     at most `max_batch_tokens` tokens with padding; a text longer than the budget goes alone."""
@@ -347,7 +397,12 @@ def _split_item(item: str | Sequence[str]) -> tuple[str, str]:
 
 
 def _check_items(items) -> list:
-    if not isinstance(items, (list, tuple)) or len(items) == 0:
+    """The items as a list, or one line naming the first that is not a text or [instruction, text] pair."""
+    if not isinstance(items, (list, tuple)):
+        hint = ": decode the bytes first" if isinstance(items, (bytes, bytearray)) else ""
+        raise TypeError(f"encode() takes a string or a list of texts or [instruction, text] pairs, "
+                        f"got {type(items).__name__}{hint}")
+    if len(items) == 0:
         raise ValueError("encode() needs a non-empty list of texts or [instruction, text] pairs")
     for index, item in enumerate(items):
         ok = isinstance(item, str) or (
@@ -358,6 +413,12 @@ def _check_items(items) -> list:
                 f"encode() item {index} is {type(item).__name__} {item!r:.60}: "
                 "expected a string or an [instruction, text] pair of strings"
             )
+        for text in (item,) if isinstance(item, str) else item:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:  # a lone surrogate, e.g. from bytes decoded with surrogateescape
+                raise ValueError(f"encode() item {index} is not valid Unicode: {text[error.start]!r} at "
+                                 f"position {error.start} is a lone surrogate") from None
     return list(items)
 
 

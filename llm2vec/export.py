@@ -28,6 +28,7 @@ from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
 
+from llm2vec import atomic
 from llm2vec.encoder import LLM2Vec
 
 POOLING_WEIGHTS = "pooling.pt"
@@ -101,5 +102,8 @@ def to_sentence_transformers(encoder: LLM2Vec, path: str | Path, prompts: dict[s
     """Write `encoder` as a sentence-transformers model directory; `prompts` (e.g. {"query": "Given a
     question, retrieve passages that answer it:"}) become the model's named prompts (instructions)."""
     model = SentenceTransformer(modules=[LLM2VecModule(encoder)], prompts=prompts, device=str(encoder.device))
-    model.save(str(path))
+    # Written into a staging folder first: a kill leaves the old export or the new one, never a mix
+    # (config_sentence_transformers.json, what SentenceTransformer reads first, goes in last).
+    with atomic.directory(path, commit_last="config_sentence_transformers.json") as staging:
+        model.save(str(staging))
     return Path(path)

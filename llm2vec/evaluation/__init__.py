@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from llm2vec import atomic
 
 EVAL_KINDS = ("sts", "mteb", "probes")
 
@@ -45,5 +46,5 @@ def run_evaluation(encoder, config: dict, run_dir: str | Path) -> dict:
     summary = {"kind": kind, "results": results, "skipped": skipped, "main_score": main_score}
     print(f"\n== {kind} ({encoder.base_model_name_or_path}, pooling={encoder.pooling_mode}, "
           f"bidirectional={encoder.bidirectional})\n{table}", flush=True)
-    (run_dir / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(run_dir / f"{kind}.json", summary)
     return summary
