@@ -58,14 +58,19 @@ def replacing(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def directory(path: str | Path, commit_last: str | None = None, replaces: Iterable[str] = ()) -> Iterator[Path]:
+def directory(path: str | Path, commit_last: str | None = None, replaces: Iterable[str] = (),
+              whole: bool = False) -> Iterator[Path]:
     """Yields an empty staging folder; when the block ends without an error its entries move into
     `path`. A new `path` appears whole, in one rename. An existing one keeps its other entries (a
     run dir also holds checkpoints and logs): each staged entry replaces its namesake in one rename,
     and the entries named in `replaces` that were not staged are deleted (left over from an older
     version). `commit_last` names the file that marks the folder complete (llm2vec_config.json): it
     is deleted before anything else changes and put back last, so a kill in between leaves `path`
-    without it, and readers refuse the folder instead of mixing two versions."""
+    without it, and readers refuse the folder instead of mixing two versions.
+
+    `whole=True` (a folder that holds nothing else, e.g. an export): the staged folder replaces
+    `path` entirely; the old one is renamed aside first, so a kill between the two renames leaves no
+    `path` at all (readers fail instead of finding a mix; the next write removes the old one)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
@@ -76,6 +81,12 @@ def directory(path: str | Path, commit_last: str | None = None, replaces: Iterab
         _fsync_tree(staging)
         if not target.exists():
             _commit(staging, target)
+            return
+        if whole:
+            old = _temp_name(target)
+            os.replace(target, old)
+            _commit(staging, target)
+            _remove(old)
             return
         staged = sorted(staging.iterdir(), key=lambda entry: entry.name == commit_last)  # the marker last
         if commit_last is not None:

@@ -10,7 +10,6 @@ slice per process, so the contrastive loss's gathered negatives form the same gl
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
 from llm2vec.loading import load_tokenizer, resolve_weights
+from llm2vec.text_files import numbered_lines, read_tsv
 
 
 class BatchStream(IterableDataset):
@@ -87,21 +87,16 @@ def chunk(items: Sequence, size: int) -> list[list]:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The non-blank lines of a UTF-8 text file, stripped (llm2vec.text_files: what counts as a line)."""
+    return [line.strip() for _, line in numbered_lines(path) if line.strip()]
 
 
 def read_sentences(path: str | Path) -> list[str]:
     """One sentence per line (.txt), or both sentence columns of an STS-style TSV (labels unused)."""
     if Path(path).suffix != ".tsv":
         return read_lines(path)
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows or not {"sentence1", "sentence2"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a TSV with columns sentence1, sentence2")
-    return [row[column] for row in rows for column in ("sentence1", "sentence2")]
+    rows = read_tsv(path, ("sentence1", "sentence2"))
+    return [row[column] for _, row in rows for column in ("sentence1", "sentence2")]
 
 
 def read_hub_texts(path: str, name: str | None = None, split: str = "train", column: str = "text",
@@ -114,7 +109,12 @@ def read_hub_texts(path: str, name: str | None = None, split: str = "train", col
 
 
 def read_texts(files: Sequence[str], hub: dict | None, reader: Callable[[str], list[str]]) -> list[str]:
-    texts = [text for path in files for text in reader(path)]
+    texts = []
+    for path in files:
+        read = reader(path)
+        if not read:  # a file named for training that holds nothing is a mistake, not a no-op
+            raise ValueError(f"{path} holds no text (empty or blank lines only): fill it or remove it from `files`")
+        texts += read
     if hub:
         texts += read_hub_texts(**hub)
     if not texts:
@@ -132,6 +132,28 @@ def jsonl_files(paths: Sequence[str]) -> list[Path]:
     if not files:
         raise ValueError(f"no .jsonl files in {', '.join(map(str, paths))}")
     return files
+
+
+def read_record(path: Path, number: int, line: str) -> dict:
+    """One E5-style JSON line: an object with string `query` and `positive`, and optionally string
+    (or null) `negative`, `instruction` and `dataset`."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object with query and positive, got {type(record).__name__}")
+    missing = {"query", "positive"} - set(record)
+    if missing:
+        raise ValueError(f"{path}:{number}: missing {', '.join(sorted(missing))}")
+    for key in ("query", "positive", "negative", "instruction", "dataset"):
+        optional = key not in ("query", "positive")
+        if not (isinstance(record.get(key), str) or (optional and record.get(key) is None)):
+            raise ValueError(f"{path}:{number}: {key} must be a string, got {type(record[key]).__name__} "
+                             f"{record[key]!r:.40}")
+    if record.get("dataset") is None:
+        record.pop("dataset", None)
+    return record
 
 
 # ----------------------------------------------------------------------------- the data modules
@@ -232,11 +254,10 @@ class Pairs(StreamDataModule):
             return
         self.datasets = {}
         for path in jsonl_files(self.files):
-            for number, line in enumerate(read_lines(path), 1):
-                record = json.loads(line)
-                missing = {"query", "positive"} - set(record)
-                if missing:
-                    raise ValueError(f"{path}:{number}: missing {', '.join(sorted(missing))}")
+            records = [read_record(path, number, line) for number, line in numbered_lines(path) if line.strip()]
+            if not records:
+                raise ValueError(f"{path} holds no records: fill it or remove it from `files`")
+            for record in records:
                 record.setdefault("dataset", Path(path).stem)
                 self.datasets.setdefault(record["dataset"], []).append(record)
 

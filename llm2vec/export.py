@@ -102,8 +102,8 @@ def to_sentence_transformers(encoder: LLM2Vec, path: str | Path, prompts: dict[s
     """Write `encoder` as a sentence-transformers model directory; `prompts` (e.g. {"query": "Given a
     question, retrieve passages that answer it:"}) become the model's named prompts (instructions)."""
     model = SentenceTransformer(modules=[LLM2VecModule(encoder)], prompts=prompts, device=str(encoder.device))
-    # Written into a staging folder first: a kill leaves the old export or the new one, never a mix
-    # (config_sentence_transformers.json, what SentenceTransformer reads first, goes in last).
-    with atomic.directory(path, commit_last="config_sentence_transformers.json") as staging:
+    # Written into a staging folder that then replaces the export whole: a kill leaves the old export,
+    # the new one, or none (never a mix, which sentence-transformers might load as a plain causal model).
+    with atomic.directory(path, whole=True) as staging:
         model.save(str(staging))
     return Path(path)

@@ -107,6 +107,28 @@ def test_an_existing_directory_keeps_its_other_entries_and_loses_replaced_ones(t
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("crash_at", [None, 1])
+def test_a_whole_directory_is_replaced_with_nothing_of_the_old_one_left(tmp_path, monkeypatch, crash_at):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model-00001-of-00002.safetensors").write_text("old shard")
+    (export / "modules.json").write_text("old")
+    if crash_at:
+        crash_on_commit(monkeypatch, crash_at)
+    try:
+        with atomic.directory(export, whole=True) as staging:
+            (staging / "modules.json").write_text("new")
+            (staging / "model.safetensors").write_text("new weights")
+    except Crash:  # killed between the two renames: no export at all, never a mix of old and new
+        assert not export.exists()
+        monkeypatch.undo()
+        with atomic.directory(export, whole=True) as staging:
+            (staging / "modules.json").write_text("new")
+    assert sorted(p.name for p in export.iterdir())[-1] == "modules.json"
+    assert (export / "modules.json").read_text() == "new" and not (export / "model-00001-of-00002.safetensors").exists()
+    assert leftovers(tmp_path) == []
+
+
 # ----------------------------------------------------------------- saved encoders
 
 

@@ -14,8 +14,8 @@ A task with neither a local file nor a reachable hub dataset is skipped, and the
 
 from __future__ import annotations
 
-import csv
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from llm2vec.evaluation.hub import HubUnavailable, load_hub_dataset
+from llm2vec.text_files import read_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +44,28 @@ class TaskUnavailable(RuntimeError):
 
 
 def read_sts_tsv(path: str | Path, name: str | None = None) -> STSPairs:
+    """A UTF-8 TSV with columns sentence1, sentence2 and score (others ignored); a score that is not a
+    finite number, or one gold score for every pair, is an error naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"STS file {str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows or not {"sentence1", "sentence2", "score"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a TSV with columns sentence1, sentence2, score")
+    rows = read_tsv(path, ("sentence1", "sentence2", "score"))
+    scores = []
+    for line, row in rows:
+        try:
+            score = float(row["score"])
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise ValueError(f"{path}:{line}: score {row['score']!r:.40} is not a finite number")
+        scores.append(score)
+    if len(rows) > 1 and len(set(scores)) == 1:  # Spearman and Pearson are undefined (NaN)
+        raise ValueError(f"{path}: every pair has the score {scores[0]}: correlations need varying scores")
     return STSPairs(
         name or path.stem,
-        [r["sentence1"] for r in rows],
-        [r["sentence2"] for r in rows],
-        np.array([float(r["score"]) for r in rows]),
+        [r["sentence1"] for _, r in rows],
+        [r["sentence2"] for _, r in rows],
+        np.array(scores),
     )
 
 
