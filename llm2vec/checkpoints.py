@@ -5,7 +5,8 @@ Lightning's own writer (2.6) writes into a file in the system's temp folder and 
 checkpoint: across filesystems that move is a copy in place, and a kill during it leaves a truncated
 checkpoint. `AtomicCheckpointIO` writes beside the checkpoint and renames it over (llm2vec.atomic),
 and keeps the checkpoint it replaces as `<name>.previous.ckpt`, a fallback if the latest one is ever
-damaged (a disk error, a hand edit).
+damaged (a disk error, a hand edit). Sharded checkpoints (folders written by FSDP's sharded state
+dict or DeepSpeed) bypass CheckpointIO and are not covered.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def check_checkpoint(path: str | Path) -> int:
 def checkpoint_to_resume(last: str | Path) -> str:
     """`last` if it can be resumed from; otherwise one line that names it and says how to go on."""
     last = Path(last)
+    if last.is_dir():  # a sharded checkpoint (FSDP sharded, DeepSpeed): its strategy writes and checks it
+        return str(last)
     if not last.is_file():
         raise FileNotFoundError(f"resume=true: {last} does not exist (name the run: hydra.run.dir=<its run dir>)")
     try:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args(argv)
 
-    from llm2vec import LLM2Vec
+    from llm2vec import LLM2Vec, atomic
 
     if not args.input.is_file():
         raise SystemExit(f"input file {str(args.input)!r} does not exist")
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         encoder.to(torch.device("cuda", torch.cuda.current_device()))
     embeddings = encode_sharded(encoder, texts, batch_size=args.batch_size)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        np.save(args.output, embeddings)
+        with atomic.replacing(args.output) as temp, open(temp, "wb") as handle:  # all or nothing
+            np.save(handle, embeddings)
         print(f"wrote {embeddings.shape} embeddings to {args.output}")
     if dist.is_initialized():
         dist.destroy_process_group()

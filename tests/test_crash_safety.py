@@ -17,7 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY_DATA
 from llm2vec import LLM2Vec, atomic
-from llm2vec.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, check_checkpoint, previous_path
+from llm2vec.checkpoints import (
+    AtomicCheckpointIO,
+    CorruptCheckpoint,
+    check_checkpoint,
+    checkpoint_to_resume,
+    previous_path,
+)
 from llm2vec.encoder_files import EncoderFilesError
 
 TEXTS = ["A man is playing a guitar.", "Two dogs run through a field.", "Hi."]
@@ -333,3 +339,11 @@ def test_resuming_from_a_damaged_last_ckpt_names_it_and_the_way_on(run_app, tmp_
         truncate(path)
     with pytest.raises(CorruptCheckpoint, match=f"no earlier checkpoint is intact: delete {last}"):
         run_app(*common, "trainer.max_steps=3", "resume=true", run_dir=run_dir)
+
+
+def test_a_sharded_checkpoint_folder_is_passed_on_to_its_strategy(tmp_path):
+    """FSDP's sharded state dict and DeepSpeed write folders, which their strategies check."""
+    (tmp_path / "last.ckpt").mkdir()
+    assert checkpoint_to_resume(tmp_path / "last.ckpt") == str(tmp_path / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match="resume=true: .*last.ckpt does not exist"):
+        checkpoint_to_resume(tmp_path / "other" / "last.ckpt")

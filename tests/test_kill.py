@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, TINY, TINY_DATA
 from llm2vec import LLM2Vec, atomic
 
-pytestmark = pytest.mark.slow  # about 6 minutes on two busy CPU cores; run in CI too
+pytestmark = pytest.mark.slow  # 3 + 6 minutes on two busy CPU cores; run in CI too
 
 WRAPPER = ROOT / "tests" / "slow_writes.py"
 SLOW = 0.15  # seconds each write pauses at each of its two markers
@@ -93,20 +93,23 @@ class Run:
 
 def run_with_kills(overrides, run_dir: Path, rng: random.Random, seconds: float, writes: int) -> list[str]:
     """Start the run, kill it KILLS_PER_TRIAL times (restarting after each kill as a user would), then
-    let it finish. Returns what each kill hit."""
-    kills = []
+    let it finish. Each kill is drawn from what the uninterrupted run had left to do (its writes and
+    its time, less what the killed attempts got through). Returns what each kill hit."""
+    kills, writes_done, seconds_done = [], 0, 0.0
     for _ in range(KILLS_PER_TRIAL + 4):  # a kill can miss: the run may end first
         if len(kills) == KILLS_PER_TRIAL:
             break
         run = Run(overrides(run_dir), run_dir)
         if rng.random() < 0.5:
-            hit = run.kill_at(rng.uniform(0, seconds))
+            hit = run.kill_at(rng.uniform(0, max(5.0, seconds - seconds_done)))
         else:
-            hit = run.kill_inside_write(rng.randint(1, writes), rng.uniform(0, SLOW))
+            hit = run.kill_inside_write(rng.randint(1, max(1, writes - writes_done)), rng.uniform(0, SLOW))
         if hit is None:
             run.finish()
         else:
             kills.append(hit)
+            writes_done += run.write_markers()
+            seconds_done += time.monotonic() - run.started
     Run(overrides(run_dir), run_dir).finish()
     return kills
 
