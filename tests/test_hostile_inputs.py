@@ -103,6 +103,7 @@ def test_a_100k_character_text_is_truncated_with_one_warning(encoder, caplog):
     assert np.isfinite(vectors).all() and vectors.shape == (3, 64)
 
 
+@pytest.mark.slow  # about 10^6 tokens through the tiny model: 1-2 minutes on two busy cores
 def test_a_hundred_thousand_texts_are_embedded_batch_by_batch(encoder):
     """Memory stays bounded: the model never sees more than batch_size texts padded to the longest of
     them, never one padded matrix of everything."""
