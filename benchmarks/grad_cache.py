@@ -10,8 +10,8 @@ Each configuration runs in a fresh process, so its peak RSS is its own. A batch 
 the same 32 (--mini-batch) STS-B train sentences (the CPU recipe's data) N/32 times: every
 mini-batch then has the shape of the plain batch of 32, so time per sentence and memory compare
 like for like (the loss value does not matter here). The first plain batch is the reference of the
-ratio columns. Data: $LLM2VEC_DATA, else ../shared/data (as conf/paths/default.yaml). A step is forward, backward and the optimizer step, timed after a
-warm-up step.
+ratio columns. A step is forward, backward and the optimizer step, timed after a warm-up step.
+Data: $LLM2VEC_DATA, else ../shared/data (as conf/paths/default.yaml).
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cached", default="32,128,512", help="batch sizes trained with gradient caching")
     parser.add_argument("--mini-batch", type=int, default=32, help="the cached runs' mini_batch_size")
-    parser.add_argument("--plain", default="32,128", help="batch sizes trained without caching (the first: the reference)")
+    parser.add_argument("--plain", default="32,128",
+                        help="batch sizes trained without caching (the first: the ratios' reference)")
     parser.add_argument("--compile", action="store_true", help="compile the decoder layers (compile_layers=true)")
     args = parser.parse_args()
     configs = [(size, None) for size in sizes(args.plain)] + [(size, args.mini_batch) for size in sizes(args.cached)]

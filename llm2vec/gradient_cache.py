@@ -96,6 +96,6 @@ def cached_loss(
 
 
 def _dot(embeddings: Sequence[Tensor], gradients: Sequence[Tensor | None]) -> Tensor:
-    """A scalar whose gradient with respect to each embedding is its cached gradient."""
-    terms = [(embedding * gradient).sum() for embedding, gradient in zip(embeddings, gradients) if gradient is not None]
-    return torch.stack(terms).sum() if terms else sum(e.sum() * 0 for e in embeddings)
+    """A scalar whose gradient with respect to each embedding is its cached gradient (None: an
+    embedding the loss did not use, such as absent hard negatives)."""
+    return sum((e * g).sum() for e, g in zip(embeddings, gradients) if g is not None)

@@ -79,7 +79,8 @@ def full_batch(module, batch, mini_batch_size: int, seed: int = 1) -> tuple[torc
 
 
 def assert_equal_gradients(actual: dict, expected: dict) -> None:
-    assert actual.keys() == expected.keys() and any("lora_A" in n for n in expected) and any("lora_B" in n for n in expected)
+    assert actual.keys() == expected.keys()
+    assert any("lora_A" in n for n in expected) and any("lora_B" in n for n in expected)
     for name, grad in expected.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(actual[name], grad, rtol=1e-4, atol=1e-7, msg=name)
@@ -252,8 +253,9 @@ def test_mini_batch_size_composes_for_both_contrastive_stages_and_the_paper_reci
 
 DDP = ["model=tiny_llama", "trainer=ddp_cpu", "trainer.precision=32-true", "trainer.max_steps=2",
        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "stage=simcse", "data=tiny_sentences",
-       "stage.module.attention_dropout=0.0", "model.lora.lora_dropout=0.0", "stage.module.optimizer._target_=torch.optim.SGD",
-       "stage.module.optimizer.lr=0.5", f"eval.tasks=[{{name:STS-tiny,path:'{FIXTURES / 'sts_tiny.tsv'}'}}]"]
+       "stage.module.attention_dropout=0.0", "model.lora.lora_dropout=0.0",
+       "stage.module.optimizer._target_=torch.optim.SGD", "stage.module.optimizer.lr=0.5",
+       f"eval.tasks=[{{name:STS-tiny,path:'{FIXTURES / 'sts_tiny.tsv'}'}}]"]
 
 
 def ddp_run(run_dir: Path, *overrides: str) -> Path:

@@ -34,7 +34,8 @@ class ContrastiveStage(TrainingStage):
         mini_batch_size: int | None = None,
     ):
         if mini_batch_size is not None and mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, or null (no gradient caching)")
+            raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, "
+                             "or null (no gradient caching)")
         super().__init__(optimizer, scheduler, compile_layers)
         encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
         self.encoder = encoder
@@ -67,8 +68,13 @@ class ContrastiveStage(TrainingStage):
         return loss
 
     def on_fit_start(self) -> None:
+        # FSDP and DeepSpeed shard gradients in hooks of their own, which the cache's gradients computed
+        # outside .grad would bypass: it is tested on one device and with DDP only.
         strategy = self.trainer.strategy
-        cacheable = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, DeepSpeedStrategy)
-        if self.mini_batch_size is not None and not cacheable:
-            raise ValueError(f"mini_batch_size (gradient caching) works with one device or DDP, not {type(strategy).__name__}")
+        tested = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+        tested = tested and not isinstance(strategy, DeepSpeedStrategy)  # a DDPStrategy subclass
+        if self.mini_batch_size is not None and not tested:
+            raise ValueError(
+                f"mini_batch_size (gradient caching) works with one device or DDP, not {type(strategy).__name__}"
+            )
         super().on_fit_start()
