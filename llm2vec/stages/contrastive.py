@@ -1,18 +1,25 @@
 """What the contrastive stages (SimCSE, supervised) share: an encoder with a fresh LoRA adapter, the
-contrastive loss, and texts embedded exactly as at inference, packed where the encoder allows it."""
+contrastive loss, texts embedded exactly as at inference (packed where the encoder allows it), and
+optional gradient caching (`mini_batch_size`, `llm2vec.gradient_cache`): a large batch's loss and
+gradients in a mini-batch's memory. The optimisation stays Lightning's automatic one: the cached
+step returns one loss whose single backward gives the whole batch's gradients."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 
 from llm2vec.encoder import LLM2Vec
+from llm2vec.gradient_cache import cached_loss, split_batch
 from llm2vec.losses import ContrastiveLoss
 from llm2vec.stages.base import TrainingStage, add_lora
 
 
 class ContrastiveStage(TrainingStage):
+    """Subclasses say how a batch becomes embeddings (`embed_batch`) and those a loss (`batch_loss`)."""
+
     pack_sequences = True  # padding-free batches where the encoder allows them (`embed`)
 
     def __init__(
@@ -24,14 +31,50 @@ class ContrastiveStage(TrainingStage):
         temperature: float = 0.05,
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
+        mini_batch_size: int | None = None,
     ):
+        if mini_batch_size is not None and mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, "
+                             "or null (no gradient caching)")
         super().__init__(optimizer, scheduler, compile_layers)
         encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
         self.encoder = encoder
         self.loss = ContrastiveLoss(temperature)
+        self.mini_batch_size = mini_batch_size  # examples embedded at once; null: the whole batch
 
     def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """Pooled embeddings with gradients, tokenized and pooled exactly as at inference. Packed
         (`llm2vec.packing`) where the encoder allows it: the same embeddings without the padding's compute."""
         features = self.encoder.tokenize(items, pack=self.pack_sequences and self.encoder.can_pack)
         return self.encoder({name: tensor.to(self.device) for name, tensor in features.items()})
+
+    def embed_batch(self, batch: Any) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def batch_loss(self, *embeddings: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_size(self, batch: Any) -> int:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        size = self.batch_size(batch)
+        if self.mini_batch_size is None or size <= self.mini_batch_size:
+            loss = self.batch_loss(*self.embed_batch(batch))
+        else:
+            trainable = [p for p in self.parameters() if p.requires_grad]
+            loss = cached_loss(self.embed_batch, split_batch(batch, self.mini_batch_size), self.batch_loss, trainable)
+        self.log_step(loss, batch_size=size)
+        return loss
+
+    def on_fit_start(self) -> None:
+        # FSDP and DeepSpeed shard gradients in hooks of their own, which the cache's gradients computed
+        # outside .grad would bypass: it is tested on one device and with DDP only.
+        strategy = self.trainer.strategy
+        tested = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+        tested = tested and not isinstance(strategy, DeepSpeedStrategy)  # a DDPStrategy subclass
+        if self.mini_batch_size is not None and not tested:
+            raise ValueError(
+                f"mini_batch_size (gradient caching) works with one device or DDP, not {type(strategy).__name__}"
+            )
+        super().on_fit_start()

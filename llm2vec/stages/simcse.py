@@ -27,13 +27,19 @@ class SimCSE(ContrastiveStage):
         attention_dropout: float = 0.3,
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
+        mini_batch_size: int | None = None,
     ):
-        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
+                         mini_batch_size)
         set_attention_dropout(encoder.model, attention_dropout)
 
-    def training_step(self, sentences: list[str], batch_idx: int) -> torch.Tensor:
+    def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
         first, second = self.embed(sentences + sentences).chunk(2)
-        loss = self.loss(first, second)
-        self.log_step(loss, batch_size=len(sentences))
-        return loss
+        return first, second
+
+    def batch_loss(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return self.loss(first, second)
+
+    def batch_size(self, sentences: list[str]) -> int:
+        return len(sentences)

@@ -21,14 +21,19 @@ class Supervised(ContrastiveStage):
         temperature: float = 0.02,
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
+        mini_batch_size: int | None = None,
     ):
-        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers)
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
+                         mini_batch_size)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        queries = self.embed(batch["query"])  # [instruction, query] pairs
-        negatives = batch["negative"] or []
-        documents = self.embed(batch["positive"] + negatives)  # one pass for positives and negatives
-        positives, negatives = documents[: len(queries)], documents[len(queries) :]
-        loss = self.loss(queries, positives, negatives if len(negatives) else None)
-        self.log_step(loss, batch_size=len(queries))
-        return loss
+    def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ([instruction, query] pairs), positives and hard negatives (none: zero rows)."""
+        queries = self.embed(batch["query"])
+        documents = self.embed(batch["positive"] + (batch["negative"] or []))  # one pass for both
+        return queries, documents[: len(queries)], documents[len(queries) :]
+
+    def batch_loss(self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        return self.loss(queries, positives, negatives if len(negatives) else None)
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["query"])
