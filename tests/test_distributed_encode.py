@@ -1,13 +1,17 @@
 """Encoding sharded over 2 CPU processes (torchrun, gloo) equals encoding in one process."""
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llm2vec import LLM2Vec
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [f"sentence number {i} " + "word " * (i % 7) for i in range(11)]  # 11: shards of 6 and 5
 
 
@@ -43,3 +47,31 @@ def test_missing_input_file_is_named(tmp_path):
 
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--model", "tiny-random-llama", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o.npy")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, root_cause", [
+    ("raise", "ValueError: cannot encode 'sentence number 1 word ': a bad input in this shard"),
+    ("kill", "Signal 9 (SIGKILL) received by PID"),
+    ("hang", "Timed out"),  # rank 0 gives up waiting in the all-gather after --timeout-minutes
+])
+def test_a_failing_process_fails_the_job_cleanly(text_file, tmp_path, fault, root_cause):
+    """One process fails in its encode: torchrun stops the other, exits non-zero within seconds of the
+    failure (the timeout for a hang) and names the root cause; no output is written."""
+    output = tmp_path / "emb.npy"
+    env = {**os.environ, "FAULT": fault, "FAULT_RANK": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+               str(ROOT / "tests/fault_encode.py"), "--model", "tiny-random-llama", "--input", str(text_file),
+               "--output", str(output), "--timeout-minutes", "0.5"]
+    job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        log, _ = job.communicate(timeout=240)  # returns once every process has closed the pipe
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        pytest.fail(f"torchrun was still running after 240 s:\n{job.communicate()[0][-3000:]}")
+    assert job.returncode != 0
+    summary = log[log.index("Root Cause (first observed failure)"):]
+    assert f"rank      : {0 if fault == 'hang' else 1} " in summary, summary
+    assert root_cause in summary, summary
+    assert not output.exists()
