@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
@@ -31,6 +32,35 @@ def decoder_layer_wrap_policy():
     return functools.partial(
         lambda_auto_wrap_policy, lambda_fn=lambda module: type(module).__name__.endswith("DecoderLayer")
     )
+
+
+def shard_decoder_layers(model: nn.Module, mesh) -> int:
+    """FSDP2 (`fully_shard`, CPU and GPU): one unit per decoder layer, then one for the rest of `model`
+    (embeddings, norm, heads). Frozen and trainable (LoRA) weights are sharded alike. Returns the
+    number of decoder layers sharded."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise ValueError(f"shard_decoder_layers: no decoder layers found in {type(model).__name__}")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return len(layers)
+
+
+def gather_trainable_parameters(model: nn.Module) -> int:
+    """Replace every sharded trainable parameter (a DTensor under FSDP2) by its full tensor, so that
+    saving writes the whole adapter. A collective: every process calls it, after training (the
+    sharded training state is gone). Returns the number of parameters gathered."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [(name, p) for name, p in model.named_parameters() if p.requires_grad and isinstance(p, DTensor)]
+    for name, parameter in sharded:  # the same order on every process: named_parameters is deterministic
+        owner, _, attribute = name.rpartition(".")
+        full = nn.Parameter(parameter.full_tensor().detach().clone(), requires_grad=True)
+        setattr(model.get_submodule(owner), attribute, full)
+    return len(sharded)
 
 
 def encode_sharded(encoder, sentences: list, **encode_kwargs) -> np.ndarray:

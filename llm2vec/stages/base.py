@@ -15,6 +15,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from llm2vec.distributed import gather_trainable_parameters, shard_decoder_layers
 from llm2vec.encoder import LLM2Vec
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,20 @@ class TrainingStage(LightningModule):
         scheduler = self.make_scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def sharded_root(self) -> nn.Module:
+        """The module training_step calls: under FSDP2 its call gathers the weights outside the layers."""
+        return self.encoder
+
+    def configure_model(self) -> None:
+        # trainer=fsdp_cpu (Lightning's ModelParallelStrategy gives the device mesh): FSDP2 sharding.
+        if self.device_mesh is not None:
+            shard_decoder_layers(self.sharded_root(), self.device_mesh["data_parallel"])
+
+    def on_fit_end(self) -> None:
+        # Every process is still here (rank 0 alone saves afterwards): gather a sharded adapter whole.
+        if self.device_mesh is not None:
+            gather_trainable_parameters(self)
+
     def on_fit_start(self) -> None:
         self.train()  # models come from from_pretrained in eval mode; dropout must be on while training
         if "mixed" in str(self.trainer.precision):
@@ -153,7 +168,8 @@ class TrainingStage(LightningModule):
         self._rng_states_to_restore = {}
 
     def log_step(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # The mean over processes: under DDP/FSDP the contrastive loss of the global batch, not rank 0's part.
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
 
     def save(self, path: str | Path) -> Path:
