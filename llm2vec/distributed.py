@@ -51,8 +51,8 @@ def shard_decoder_layers(model: nn.Module, mesh) -> int:
 
 def gather_trainable_parameters(model: nn.Module) -> int:
     """Replace every sharded trainable parameter (a DTensor under FSDP2) by its full tensor, so that
-    saving writes the whole adapter. A collective: every process calls it, after training (the
-    sharded training state is gone). Returns the number of parameters gathered."""
+    saving writes the whole adapter. A collective: every process calls it, once training is over
+    (the gathered parameters are no longer FSDP's). Returns the number of parameters gathered."""
     from torch.distributed.tensor import DTensor
 
     sharded = [(name, p) for name, p in model.named_parameters() if p.requires_grad and isinstance(p, DTensor)]

@@ -153,7 +153,7 @@ class TrainingStage(LightningModule):
         per_process = checkpoint.get("rng_states", [])
         if isinstance(per_process, dict):  # checkpoints of one process, written before states were per process
             per_process = [per_process]
-        if len(per_process) != self.trainer.world_size:  # another process count: the data split differs anyway
+        if per_process and len(per_process) != self.trainer.world_size:  # the data split differs anyway
             logger.warning(f"resume: the checkpoint holds random states of {len(per_process)} processes, "
                            f"this run has {self.trainer.world_size}; the random draws will not continue exactly")
         self._rng_states_to_restore = per_process[self.global_rank] if self.global_rank < len(per_process) else {}
