@@ -50,14 +50,15 @@ def test_missing_input_file_is_named(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault, root_cause", [
-    ("raise", "ValueError: cannot encode 'sentence number 1 word ': a bad input in this shard"),
-    ("kill", "Signal 9 (SIGKILL) received by PID"),
-    ("hang", "Timed out"),  # rank 0 gives up waiting in the all-gather after --timeout-minutes
+@pytest.mark.parametrize("fault, failed_rank, error", [
+    ("raise", 1, "ValueError: cannot encode 'sentence number 1 word ': a bad input in this shard"),
+    ("kill", 1, "Signal 9 (SIGKILL) received by PID"),
+    ("hang", 0, "Timed out"),  # rank 0 gives up waiting in the all-gather after --timeout-minutes
 ])
-def test_a_failing_process_fails_the_job_cleanly(text_file, tmp_path, fault, root_cause):
-    """One process fails in its encode: torchrun stops the other, exits non-zero within seconds of the
-    failure (the timeout for a hang) and names the root cause; no output is written."""
+def test_a_failing_process_fails_the_job_cleanly(text_file, tmp_path, fault, failed_rank, error):
+    """One process fails in its encode: torchrun stops the other and exits non-zero (no hang: a hung
+    process is given up on after --timeout-minutes, 30 s here), its summary names the failed rank and
+    why, and no output is written."""
     output = tmp_path / "emb.npy"
     env = {**os.environ, "FAULT": fault, "FAULT_RANK": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
@@ -71,7 +72,8 @@ def test_a_failing_process_fails_the_job_cleanly(text_file, tmp_path, fault, roo
         os.killpg(job.pid, signal.SIGKILL)
         pytest.fail(f"torchrun was still running after 240 s:\n{job.communicate()[0][-3000:]}")
     assert job.returncode != 0
-    summary = log[log.index("Root Cause (first observed failure)"):]
-    assert f"rank      : {0 if fault == 'hang' else 1} " in summary, summary
-    assert root_cause in summary, summary
+    # torchrun's summary: one block per failed rank. (Its "root cause" is the earliest failure, which for
+    # a killed process can be the other one's broken connection, seen a moment before the kill.)
+    blocks = log[log.index("Failures:"):].split("host      : ")
+    assert any(block.startswith(f"localhost\n  rank      : {failed_rank} ") and error in block for block in blocks), log[-4000:]
     assert not output.exists()
