@@ -5,6 +5,10 @@ inside a Lightning DDP run), not on a spawn pool inside the caller's process: ea
 one model copy, encodes its shard, and the embeddings are gathered back in input order.
 
     torchrun --nproc-per-node 8 -m llm2vec.distributed --model <run dir> --input texts.txt --output emb.npy
+
+When one process fails (an exception, or killed), torchrun stops the others and exits non-zero; its
+summary names the failed rank with its traceback (`@record`). A process that hangs instead fails the
+others' final all-gather after --timeout-minutes.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
 
@@ -25,6 +32,35 @@ def decoder_layer_wrap_policy():
     return functools.partial(
         lambda_auto_wrap_policy, lambda_fn=lambda module: type(module).__name__.endswith("DecoderLayer")
     )
+
+
+def shard_decoder_layers(model: nn.Module, mesh) -> int:
+    """FSDP2 (`fully_shard`, CPU and GPU): one unit per decoder layer, then one for the rest of `model`
+    (embeddings, norm, heads). Frozen and trainable (LoRA) weights are sharded alike. Returns the
+    number of decoder layers sharded."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise ValueError(f"shard_decoder_layers: no decoder layers found in {type(model).__name__}")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return len(layers)
+
+
+def gather_trainable_parameters(model: nn.Module) -> int:
+    """Replace every sharded trainable parameter (a DTensor under FSDP2) by its full tensor, so that
+    saving writes the whole adapter. A collective: every process calls it, once training is over
+    (the gathered parameters are no longer FSDP's). Returns the number of parameters gathered."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [(name, p) for name, p in model.named_parameters() if p.requires_grad and isinstance(p, DTensor)]
+    for name, parameter in sharded:  # the same order on every process: named_parameters is deterministic
+        owner, _, attribute = name.rpartition(".")
+        full = nn.Parameter(parameter.full_tensor().detach().clone(), requires_grad=True)
+        setattr(model.get_submodule(owner), attribute, full)
+    return len(sharded)
 
 
 def encode_sharded(encoder, sentences: list, **encode_kwargs) -> np.ndarray:
@@ -53,6 +89,7 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+@record  # under torchrun: the failed rank's traceback goes into torchrun's failure summary
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Encode a text file (one text per line) on several processes.")
     parser.add_argument("--model", required=True, help="shipped model name, local dir, hub id or saved encoder")
@@ -61,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pooling-mode", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--timeout-minutes", type=float, default=30.0,
+                        help="how long a process waits for the others (in the final all-gather) before failing")
     args = parser.parse_args(argv)
 
     from llm2vec import LLM2Vec, atomic
@@ -70,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = [line.rstrip("\n") for line in args.input.open(encoding="utf-8") if line.strip()]
     if "RANK" in os.environ and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timedelta(minutes=args.timeout_minutes))
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     kwargs = {"dtype": args.dtype} if args.dtype else {}

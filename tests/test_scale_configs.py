@@ -1,5 +1,6 @@
 """The scale-out configs compose and build: FSDP wraps each decoder layer, SLURM launcher resolves."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_fsdp_policy_wraps_decoder_layers_of_any_architecture():
         assert policy(module=model.layers[0], recurse=True, nonwrapped_numel=0)  # recursing is always allowed
 
 
-@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "deepspeed"])
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "fsdp_cpu", "deepspeed"])
 def test_trainer_configs_compose(trainer):
     with initialize_config_dir(CONF, version_base="1.3"):
         cfg = compose("config", overrides=[f"trainer={trainer}"])
@@ -32,8 +33,16 @@ def test_trainer_configs_compose(trainer):
     if trainer == "fsdp":
         strategy = instantiate(cfg.trainer.strategy)
         assert type(strategy).__name__ == "FSDPStrategy"
+    if trainer == "fsdp_cpu":  # FSDP2 on CPU: every process one shard, no tensor parallelism
+        strategy = instantiate(cfg.trainer.strategy)
+        assert type(strategy).__name__ == "ModelParallelStrategy"
+        assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (cfg.trainer.devices, 1)
     if trainer == "ddp_cpu":
-        assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy) == ("cpu", 2, "ddp")
+        assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("cpu", 2)
+    if trainer in ("ddp", "ddp_cpu"):  # a hung process fails the others after this timeout (not torch's 30 min)
+        strategy = instantiate(cfg.trainer.strategy)
+        assert type(strategy).__name__ == "DDPStrategy"
+        assert strategy._timeout == timedelta(minutes={"ddp": 30, "ddp_cpu": 10}[trainer])
 
 
 def test_slurm_launcher_config_resolves():

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from lightning import LightningModule
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from llm2vec.distributed import gather_trainable_parameters, shard_decoder_layers
 from llm2vec.encoder import LLM2Vec
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,22 @@ def has_cpp_compiler() -> bool:
     return True
 
 
+def rng_states() -> dict:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def gather_from_all_processes(value) -> list:
+    """[value of rank 0, value of rank 1, ...]; [value] without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def torch_dtype(dtype: str | torch.dtype | None):
     return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
 
@@ -100,6 +118,20 @@ class TrainingStage(LightningModule):
         scheduler = self.make_scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def sharded_root(self) -> nn.Module:
+        """The module training_step calls: under FSDP2 its call gathers the weights outside the layers."""
+        return self.encoder
+
+    def configure_model(self) -> None:
+        # trainer=fsdp_cpu (Lightning's ModelParallelStrategy gives the device mesh): FSDP2 sharding.
+        if self.device_mesh is not None:
+            shard_decoder_layers(self.sharded_root(), self.device_mesh["data_parallel"])
+
+    def on_fit_end(self) -> None:
+        # Every process is still here (rank 0 alone saves afterwards): gather a sharded adapter whole.
+        if self.device_mesh is not None:
+            gather_trainable_parameters(self)
+
     def on_fit_start(self) -> None:
         self.train()  # models come from from_pretrained in eval mode; dropout must be on while training
         if "mixed" in str(self.trainer.precision):
@@ -112,14 +144,19 @@ class TrainingStage(LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         # Masking and dropout draw from these: a resumed run continues exactly where this one is.
-        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state()
+        # Every process draws its own numbers, so the checkpoint keeps each process's states.
+        checkpoint["rng_states"] = gather_from_all_processes(rng_states())
         for logger in self.loggers:  # the logs up to this checkpoint survive a kill
             logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_states_to_restore = checkpoint.get("rng_states", {})
+        per_process = checkpoint.get("rng_states", [])
+        if isinstance(per_process, dict):  # checkpoints of one process, written before states were per process
+            per_process = [per_process]
+        if per_process and len(per_process) != self.trainer.world_size:  # the data split differs anyway
+            logger.warning(f"resume: the checkpoint holds random states of {len(per_process)} processes, "
+                           f"this run has {self.trainer.world_size}; the random draws will not continue exactly")
+        self._rng_states_to_restore = per_process[self.global_rank] if self.global_rank < len(per_process) else {}
 
     def on_train_start(self) -> None:
         # Restored here, after the trainer has set up the data loader (whose iterator draws a seed).
@@ -131,7 +168,8 @@ class TrainingStage(LightningModule):
         self._rng_states_to_restore = {}
 
     def log_step(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # The mean over processes: under DDP/FSDP the contrastive loss of the global batch, not rank 0's part.
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
 
     def save(self, path: str | Path) -> Path:

@@ -67,6 +67,9 @@ class MNTP(TrainingStage):
         )
         self.encoder.pooling.requires_grad_(False)  # MNTP does not pool
 
+    def sharded_root(self) -> nn.Module:
+        return self.encoder.model  # training_step calls the backbone itself (the frozen LM head stays whole)
+
     def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)
         if self.logit_softcap:
