@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-EVAL_KINDS = ("sts", "mteb", "probes")
+EVAL_KINDS = ("sts", "mteb", "probes", "probes_ud")
+STS_PREDICTIONS = "sts_predictions.json"  # each pair's cosine and gold score, for llm2vec.compare
 
 
 def run_evaluation(encoder, config: dict, run_dir: str | Path) -> dict:
     """Run the evaluation that `config` (one conf/eval/*.yaml as a plain dict) describes, print its
-    table and write `<run_dir>/<kind>.json`. `kind` picks the evaluation (default `sts`); the other
+    table and write `<run_dir>/<kind>.json` (STS also writes each pair's cosine and gold score to
+    `<run_dir>/sts_predictions.json`). `kind` picks the evaluation (default `sts`); the other
     keys are the arguments of `run_sts_suite`, `run_mteb` or `run_probes`.
 
     Returns {"kind", "results": {task: scores}, "skipped": {task: why}, "main_score"}, where
@@ -28,7 +30,7 @@ def run_evaluation(encoder, config: dict, run_dir: str | Path) -> dict:
     if kind == "sts":
         from llm2vec.evaluation.sts import format_table, run_sts_suite
 
-        results, skipped = run_sts_suite(encoder, **config)
+        results, skipped = run_sts_suite(encoder, **config, predictions_file=run_dir / STS_PREDICTIONS)
         main_key, table = "spearman", format_table(results, skipped)
     elif kind == "mteb":
         from llm2vec.evaluation.mteb import format_mteb_table, run_mteb
