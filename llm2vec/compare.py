@@ -125,8 +125,8 @@ def _bootstrap_differences(rows: list[dict], metric: str, best: int, samples: in
         return {}
     task = metric[: -len(".spearman")]
     predictions, gold = {}, None
-    for index, row in enumerate(rows):
-        loaded = [read_predictions(run["run"], task) for run in row["runs"]]
+    for index in [best] + [i for i in range(len(rows)) if i != best]:  # the best row's pairs decide
+        loaded = [read_predictions(run["run"], task) for run in rows[index]["runs"]]
         if not loaded or any(item is None for item in loaded):
             continue
         if gold is None:
@@ -287,7 +287,10 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
     written = []
     for key in numeric if metric else []:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, group in _group(rows, [k for k in keys if k != key]).items():
+        # One curve per value of the keys `key` does not decide (e.g. not the MNTP run that comes with
+        # a number of MNTP steps).
+        hue_keys = [k for k in keys if k != key and not _decided_by(rows, key, k)]
+        for label, group in _group(rows, hue_keys).items():
             group = sorted(group, key=lambda r: float(r["swept"][key]))
             xs = [float(r["swept"][key]) for r in group]
             (line,) = ax.plot(xs, [_mean(r, metric) for r in group], marker="o", label=label or None)
