@@ -281,7 +281,8 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     metric = score_metric(rows)
-    keys = varied_keys(rows)
+    # Settings, not the paths of the runs a row builds on (e.g. mntp_run: it follows from the others).
+    keys = [k for k in varied_keys(rows) if not any("/" in row["swept"].get(k, "") for row in rows)]
     numeric = [k for k in keys if all(_is_number(row["swept"].get(k, "")) for row in rows)]
     categorical = [k for k in keys if k not in numeric]
     written = []
