@@ -48,7 +48,7 @@ def write(tmp_path: Path, text: str, name: str = "x.conllu") -> Path:
 
 
 def test_words_upos_and_deprel_skip_multiword_tokens_and_empty_nodes(tmp_path):
-    path = write(tmp_path, FIXTURE)  # no blank line after the last sentence: it still counts
+    path = write(tmp_path, "\ufeff" + FIXTURE)  # a byte-order mark; no blank line after the last sentence
     tagged = read_conllu(path, ["upos", "deprel"])
     assert tagged["upos"].words == [["I", "do", "n't", "like", "rain", "."],
                                     ["Sue", "likes", "tea", "and", "Tom", "coffee"]]
@@ -86,6 +86,10 @@ def test_missing_empty_and_wrong_column(tmp_path):
     for text in ("", "\n\n", "# only a comment\n"):
         with pytest.raises(ValueError, match="no sentences"):
             read_conllu(write(tmp_path, text, "empty.conllu"), ["upos"])
+    binary = tmp_path / "binary.conllu"
+    binary.write_bytes(b"1\tcaf\xe9\n")
+    with pytest.raises(ValueError, match="binary.conllu: not UTF-8 text"):
+        read_conllu(binary, ["upos"])
     with pytest.raises(ValueError, match="unknown CoNLL-U column.*'pos'.*choose from form, lemma, upos"):
         read_conllu(write(tmp_path, FIXTURE), ["pos"])
 

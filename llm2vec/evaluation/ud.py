@@ -32,9 +32,17 @@ def read_conllu(path: str | Path, columns: list[str], max_sentences: int | None 
         raise ValueError(f"unknown CoNLL-U column(s) {sorted(unknown)}: choose from {', '.join(COLUMNS[1:])}")
     if not path.is_file():
         raise FileNotFoundError(f"CoNLL-U file {str(path)!r} does not exist")
+    try:
+        return _read_conllu(path, columns, max_sentences, deprel_subtypes)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text, as CoNLL-U is ({error})") from None
+
+
+def _read_conllu(path: Path, columns: list[str], max_sentences: int | None,
+                 deprel_subtypes: bool) -> dict[str, TaggedSentences]:
     sentences: list[list[dict]] = []
     words: list[dict] = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is no part of line 1
         for number, line in enumerate(handle, 1):
             if max_sentences is not None and len(sentences) >= max_sentences:
                 break
