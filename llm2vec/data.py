@@ -11,6 +11,7 @@ slice per process, so the contrastive loss's gathered negatives form the same gl
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from llm2vec.loading import load_tokenizer, resolve_weights
 from llm2vec.text_files import numbered_lines, read_tsv
+
+logger = logging.getLogger(__name__)
 
 
 class BatchStream(IterableDataset):
@@ -108,7 +111,18 @@ def read_hub_texts(path: str, name: str | None = None, split: str = "train", col
     return [text.strip() for text in data[column] if text and text.strip()]
 
 
-def read_texts(files: Sequence[str], hub: dict | None, reader: Callable[[str], list[str]]) -> list[str]:
+def read_texts(files: Sequence[str], hub: dict | None, reader: Callable[[str], list[str]],
+               hub_if_missing: bool = False) -> list[str]:
+    """The texts of the local `files` and of the `hub` dataset. With `hub_if_missing` the hub
+    dataset is read only when a local file is missing (the files are a local copy or a part of it)."""
+    if hub_if_missing and hub:
+        missing = [path for path in files if not Path(path).is_file()]
+        if files and not missing:
+            logger.info("training texts: the local %s (not the hub dataset %s)", ", ".join(map(str, files)), hub.get("path"))
+            hub = None
+        else:
+            logger.warning("training texts: the hub dataset %s (no local %s)", hub.get("path"), ", ".join(map(str, missing)))
+            files = []
     texts = []
     for path in files:
         read = reader(path)
@@ -199,7 +213,8 @@ class TextBlocks(StreamDataModule):
 
 
 class Sentences(StreamDataModule):
-    """SimCSE data: unlabelled sentences (.txt lines, STS-style TSV sentence columns, or a hub dataset)."""
+    """SimCSE data: unlabelled sentences (.txt lines, STS-style TSV sentence columns, or a hub dataset),
+    duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts)."""
 
     def __init__(
         self,
@@ -209,16 +224,19 @@ class Sentences(StreamDataModule):
         max_sentences: int | None = None,
         group_by_length: bool = False,
         seed: int = 0,
+        hub_if_missing: bool = False,
     ):
         super().__init__(batch_size, seed)
         self.files, self.hub = list(files), hub
+        self.hub_if_missing = hub_if_missing
         self.max_sentences = max_sentences
         self.group_by_length = group_by_length
         self.sentences: list[str] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.sentences is None:
-            unique = dict.fromkeys(read_texts(self.files, self.hub, read_sentences))  # dedupe, keep order
+            texts = read_texts(self.files, self.hub, read_sentences, self.hub_if_missing)
+            unique = dict.fromkeys(texts)  # dedupe, keep order
             self.sentences = list(unique)[: self.max_sentences]
 
     def global_batches(self, epoch: int, global_batch_size: int) -> list[list]:

@@ -6,19 +6,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy.stats import spearmanr
 
 from llm2vec.compare import compare, find_runs
+from llm2vec.confidence import bootstrap_spearman, paired_bootstrap_differences, seed_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_run(root: Path, overrides: list[str], test_score: float, losses: list[float]) -> Path:
+def fake_run(root: Path, overrides: list[str], test_score: float, losses: list[float],
+             predicted: np.ndarray | None = None, gold: np.ndarray | None = None) -> Path:
     run = root / str(len(list(root.iterdir())) if root.exists() else 0)
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / "metrics.json").write_text(json.dumps({"STSB-test": {"spearman": test_score, "pearson": 1.0, "pairs": 9}}))
+    if predicted is not None:
+        predictions = {"STSB-test": {"predicted": predicted.tolist(), "gold": gold.tolist()}}
+        (run / "sts_predictions.json").write_text(json.dumps(predictions))
     (run / "csv").mkdir()
     with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -73,12 +80,97 @@ def test_two_job_sweep_through_run_py(tmp_path):
              ("men play chess", "two men play a game", 3.4), ("it rains", "weather is wet", 2.9)]
     sts.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs))
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "run.py", "-m", "model=tiny_llama", "pooling=mean,weighted_mean",
+    command = [sys.executable, "run.py", "-m", "model=tiny_llama", "pooling=mean,weighted_mean", "seed=1,2",
                f"hydra.sweep.dir={sweep}", f"eval.tasks=[{{name: tiny, path: {sts}}}]"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((sweep / "0" / "sts_predictions.json").read_text())["tiny"]
+    assert len(saved["predicted"]) == len(saved["gold"]) == 4
     written = compare([sweep], tmp_path / "out")
     rows = list(csv.reader(written["csv"].open()))
-    assert [r[rows[0].index("pooling")] for r in rows[1:]] == ["mean", "weighted_mean"]
+    header = rows[0]
+    assert [r[header.index("pooling")] for r in rows[1:]] == ["mean", "weighted_mean"]  # seeds 1, 2 in one row
     for cells in rows[1:]:
-        assert -100 <= float(cells[rows[0].index("tiny.spearman")]) <= 100
+        assert cells[header.index("n")] == "2"
+        assert -100 <= float(cells[header.index("tiny.spearman")]) <= 100
+        # An untrained encoder does not depend on the seed: std 0, and the interval is the point.
+        assert float(cells[header.index("± std")]) == 0
+    assert "seeds 1, 2" in written["markdown"].read_text()
+
+
+def test_t_interval_over_seeds_by_hand():
+    stats = seed_stats([70.0, 72.0, 74.0])
+    # mean 72, sample std 2, t(0.975, 2 degrees of freedom) = 4.3027 (a t table): 72 -+ 4.3027 * 2 / sqrt(3)
+    assert (stats.mean, stats.std, stats.n) == (72.0, 2.0, 3)
+    assert stats.low == pytest.approx(72 - 4.3027 * 2 / 3**0.5, abs=1e-3)
+    assert stats.high == pytest.approx(76.9683, abs=1e-3)
+    one = seed_stats([5.0])
+    assert one.n == 1 and np.isnan(one.std) and np.isnan(one.low)
+
+
+def noisy(gold: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    return gold + np.random.default_rng(seed).normal(0, noise, len(gold))
+
+
+GOLD = np.random.default_rng(0).uniform(0, 5, 400)
+
+
+def test_bootstrap_spearman_matches_scipy_and_its_known_answers():
+    good = noisy(GOLD, 1.0, seed=1)
+    unresampled = bootstrap_spearman([good], GOLD, np.arange(len(GOLD))[None])[0, 0]
+    assert unresampled == pytest.approx(100 * spearmanr(good, GOLD).statistic)
+    # Identical encoders: the same resamples give the same Spearman, the difference is 0 in every one.
+    same = paired_bootstrap_differences({"a": [good], "b": [good.copy()]}, GOLD, reference="a")
+    assert same["b"] == (0.0, 0.0, 0.0)
+    # A clearly better encoder: its interval excludes 0 and holds the observed difference.
+    versus = paired_bootstrap_differences({"good": [good], "bad": [noisy(GOLD, 4.0, seed=2)]}, GOLD, "good")
+    difference, low, high = versus["bad"]
+    assert high < 0 and low < difference < high
+    assert versus["good"] == (0.0, 0.0, 0.0)
+    # Two equally good encoders with independent noise: the interval holds 0.
+    tie = paired_bootstrap_differences({"x": [good], "y": [noisy(GOLD, 1.0, seed=3)]}, GOLD, "x")
+    assert tie["y"][1] < 0 < tie["y"][2]
+    # Seeds resampled too: seed-to-seed spread widens the interval.
+    seeds = [noisy(GOLD, 1.0, seed=s) for s in (4, 5, 6)]
+    spread = [noisy(GOLD, noise, seed=s) for s, noise in ((7, 0.3), (8, 1.0), (9, 3.0))]
+    narrow = paired_bootstrap_differences({"x": seeds, "y": [noisy(GOLD, 1.0, seed=s) for s in (10, 11, 12)]}, GOLD, "x")
+    wide = paired_bootstrap_differences({"x": seeds, "y": spread}, GOLD, "x")
+    assert wide["y"][2] - wide["y"][1] > 2 * (narrow["y"][2] - narrow["y"][1])
+
+
+def test_seed_groups_intervals_and_the_paired_bootstrap(tmp_path):
+    """Three variants x three seeds: one row each, the t interval by hand, and each row's difference
+    to the best with a bootstrap interval over the saved test-pair predictions."""
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    scores = {"good": [70.0, 72.0, 74.0], "twin": [70.0, 72.0, 74.0], "bad": [40.0, 41.0, 45.0]}
+    noise = {"good": 1.0, "twin": 1.0, "bad": 4.0}
+    for variant, values in scores.items():
+        for seed, value in zip((1, 2, 3), values):
+            # twin's predictions are good's, seed for seed: identical encoders
+            predicted = noisy(GOLD, noise[variant], seed=seed + (100 if variant == "bad" else 0))
+            fake_run(sweep, ["model=tiny_llama", f"variant={variant}", f"seed={seed}"], value, [2.0, 1.0],
+                     predicted, GOLD)
+    written = compare([sweep], tmp_path / "out")
+    rows = list(csv.reader(written["csv"].open()))
+    header, body = rows[0], {cells[0]: cells for cells in rows[1:]}
+    assert header[:3] == ["variant", "n", "STSB-test.spearman"] and set(body) == {"good", "twin", "bad"}
+    good, twin, bad = body["good"], body["twin"], body["bad"]
+    assert good[header.index("n")] == "3"
+    assert float(good[2]) == pytest.approx(72.0) and float(good[header.index("± std")]) == pytest.approx(2.0)
+    assert good[header.index("95% CI")] == "[67.03, 76.97]"
+    assert float(bad[2]) == pytest.approx(42.0)
+    assert good[header.index("≈ best")] == "best" and good[header.index("Δ best")] == ""
+    # The twin ties with the best (mean 72 too): its intervals overlap, the difference interval holds 0.
+    assert twin[header.index("≈ best")] == "yes"
+    low, high = (float(x) for x in twin[header.index("Δ best 95% CI")].strip("[]").split(", "))
+    # (seeds resampled independently per row, so not exactly 0: about the seeds' own spread)
+    assert float(twin[header.index("Δ best")]) == 0 and low <= 0 <= high and high - low < 6
+    # The bad variant: clearly worse, its difference interval excludes 0 and its t interval the best's.
+    assert bad[header.index("≈ best")] == "no"
+    low, high = (float(x) for x in bad[header.index("Δ best 95% CI")].strip("[]").split(", "))
+    assert high < 0
+    page = written["html"].read_text()
+    assert "class='best'" in page and "class='overlaps'" in page and "paired bootstrap" in page
+    assert "seeds 1, 2, 3" in written["markdown"].read_text()
+    assert (tmp_path / "out" / "bars_variant.png").is_file()

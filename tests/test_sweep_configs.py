@@ -16,12 +16,22 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
     ("bi", "bidirectional", True, False),
     ("bi_mntp", "bidirectional", True, False),
     ("bi_mntp_simcse", "simcse", True, False),
+    ("bi_simcse", "simcse", True, False),  # SimCSE without MNTP: from the base model
 ])
 def test_variants(variant, stage, bidirectional, echo):
     with initialize_config_dir(CONF, version_base="1.3"):
         cfg = compose("config", overrides=[f"variant={variant}", "mntp_run=/runs/mntp"])
     assert (cfg.stage.name, cfg.bidirectional, cfg.encoder.echo) == (stage, bidirectional, echo)
     assert cfg.stage.init_from == ("/runs/mntp" if "mntp" in variant else None)
+
+
+def test_a_variant_row_evaluated_from_a_trained_run():
+    """The seeded sweeps probe a SimCSE run as its variant's row: the stage given on the command line wins."""
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["variant=bi_mntp_simcse", "stage=eval", "stage.init_from=/runs/simcse/seed${seed}",
+                                           "seed=2", "eval=probes_ud"])
+    assert (cfg.stage.name, cfg.stage.init_from, cfg.bidirectional) == ("eval", "/runs/simcse/seed2", True)
+    assert cfg.eval.kind == "probes_ud"
 
 
 def test_mntp_variants_name_the_missing_mntp_run():

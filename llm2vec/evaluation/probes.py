@@ -7,7 +7,8 @@ paper) the state of token i-1 stands for token i, because MNTP trains the state 
 token i; a BOS (or EOS) token is put first so the first token has a predecessor.
 
 Data: any token-classification dataset with a words column and integer (or string) tag columns,
-e.g. CoNLL-2003 (`eriktks/conll2003`: tokens, pos_tags, chunk_tags, ner_tags) from the hub.
+e.g. CoNLL-2003 (`eriktks/conll2003`: tokens, pos_tags, chunk_tags, ner_tags) from the hub; or a
+Universal Dependencies treebank in CoNLL-U files, offline (ud.py).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class _Standardize(nn.Module):
 def probe_accuracy(train_features: list[torch.Tensor], train_tags: list[list], eval_features: list[torch.Tensor],
                    eval_tags: list[list], **train_kwargs) -> dict[str, float]:
     """Train on one split's word features, report accuracy (x100) on the other, with the accuracy
-    of always answering the most frequent training tag for scale."""
+    of always answering the most frequent training tag for scale. Evaluation words whose tag never
+    occurs in training (rare labels, small slices) count as errors: no probe can predict them."""
     vocabulary = {tag: i for i, tag in enumerate(sorted({t for tags in train_tags for t in tags}))}
     x_train, y_train = _flatten(train_features, train_tags, vocabulary)
     x_eval, y_eval = _flatten(eval_features, eval_tags, vocabulary)
@@ -137,19 +139,35 @@ def probe_accuracy(train_features: list[torch.Tensor], train_tags: list[list], e
         "majority_baseline": 100 * float((y_eval == majority).float().mean()),
         "train_words": len(y_train),
         "eval_words": len(y_eval),
+        "unseen_tag_words": int((y_eval == UNSEEN).sum()),
         "labels": len(vocabulary),
     }
+
+
+UNSEEN = -1  # the label of an evaluation word whose tag never occurs in training
 
 
 def _flatten(features: list[torch.Tensor], tags: list[list], vocabulary: dict) -> tuple[torch.Tensor, torch.Tensor]:
     for index, (f, t) in enumerate(zip(features, tags)):
         if len(f) != len(t):
             raise ValueError(f"sentence {index} has {len(f)} words but {len(t)} tags")
-    unknown = {t for sentence in tags for t in sentence} - set(vocabulary)
-    if unknown:
-        raise ValueError(f"tags {sorted(unknown)[:5]} occur in the evaluation split but never in training")
-    labels = torch.tensor([vocabulary[t] for sentence in tags for t in sentence])
+    labels = torch.tensor([vocabulary.get(t, UNSEEN) for sentence in tags for t in sentence])
     return torch.cat(features), labels
+
+
+def probe_tasks(encoder, tasks: list[dict], train: dict[str, TaggedSentences], evaluation: dict[str, TaggedSentences],
+                shift_labels: bool = False, layer: int = -1, batch_size: int = 16, **train_kwargs) -> dict[str, dict]:
+    """{task: scores} for tasks {name, label_column}, `train` and `evaluation` mapping each label
+    column to its TaggedSentences (the same words for every column: each split is encoded once)."""
+    first = tasks[0]["label_column"]
+    train_features = word_features(encoder, train[first].words, shift_labels, layer, batch_size)
+    eval_features = word_features(encoder, evaluation[first].words, shift_labels, layer, batch_size)
+    results = {}
+    for task in tasks:
+        column = task["label_column"]
+        results[task["name"]] = probe_accuracy(train_features, train[column].tags, eval_features,
+                                               evaluation[column].tags, **train_kwargs)
+    return results
 
 
 def load_tagged(dataset: str, split: str, tag_columns: list[str], words_column: str = "tokens",
@@ -188,16 +206,8 @@ def run_probes(encoder, tasks: list[dict], dataset: str, words_column: str = "to
         for task in tasks:
             logger.warning("skipped probe task %s: %s", task["name"], reason)
         return {}, {task["name"]: reason for task in tasks}
-    first = columns[0]
-    train_features = word_features(encoder, train[first].words, shift_labels, layer, batch_size)
-    eval_features = word_features(encoder, evaluation[first].words, shift_labels, layer, batch_size)
-    results = {}
-    for task in tasks:
-        column = task["label_column"]
-        results[task["name"]] = probe_accuracy(
-            train_features, train[column].tags, eval_features, evaluation[column].tags,
-            epochs=epochs, lr=lr, seed=seed,
-        )
+    results = probe_tasks(encoder, tasks, train, evaluation, shift_labels=shift_labels, layer=layer,
+                          batch_size=batch_size, epochs=epochs, lr=lr, seed=seed)
     return results, {}
 
 

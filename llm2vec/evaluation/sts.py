@@ -14,6 +14,7 @@ A task with neither a local file nor a reachable hub dataset is skipped, and the
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from llm2vec import atomic
 from llm2vec.evaluation.hub import HubUnavailable, load_hub_dataset
 from llm2vec.text_files import read_tsv
 
@@ -117,9 +119,9 @@ def cosine_scores(embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarra
     return (a * b).sum(axis=1)
 
 
-def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch_size: int = 64,
-                 show_progress_bar: bool | None = None, max_batch_tokens: int | None = None) -> dict[str, float]:
-    """Encode each distinct sentence once; return spearman and pearson x100 of cosine vs gold."""
+def predict_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch_size: int = 64,
+                show_progress_bar: bool | None = None, max_batch_tokens: int | None = None) -> np.ndarray:
+    """The cosine similarity of each pair; each distinct sentence is encoded once."""
     unique = sorted(set(pairs.sentences1) | set(pairs.sentences2))
     inputs = [[instruction, s] for s in unique] if instruction else unique
     vectors = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar,
@@ -127,19 +129,32 @@ def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch
     index = {s: i for i, s in enumerate(unique)}
     e1 = vectors[[index[s] for s in pairs.sentences1]]
     e2 = vectors[[index[s] for s in pairs.sentences2]]
-    predicted = cosine_scores(e1, e2)
+    return cosine_scores(e1, e2)
+
+
+def sts_scores(predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     return {
-        "spearman": 100 * float(spearmanr(predicted, pairs.scores).statistic),
-        "pearson": 100 * float(pearsonr(predicted, pairs.scores).statistic),
-        "pairs": len(pairs.scores),
+        "spearman": 100 * float(spearmanr(predicted, gold).statistic),
+        "pearson": 100 * float(pearsonr(predicted, gold).statistic),
+        "pairs": len(gold),
     }
 
 
+def evaluate_sts(encoder, pairs: STSPairs, instruction: str | None = None, batch_size: int = 64,
+                 show_progress_bar: bool | None = None, max_batch_tokens: int | None = None) -> dict[str, float]:
+    """Spearman and Pearson x100 of cosine similarity vs gold."""
+    predicted = predict_sts(encoder, pairs, instruction, batch_size, show_progress_bar, max_batch_tokens)
+    return sts_scores(predicted, pairs.scores)
+
+
 def run_sts_suite(encoder, tasks: list[dict], instruction: str | None = None, batch_size: int = 64,
-                  show_progress_bar: bool | None = None,
-                  max_batch_tokens: int | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """Evaluate every available task. Returns ({task: scores}, {skipped task: why})."""
-    results, skipped = {}, {}
+                  show_progress_bar: bool | None = None, max_batch_tokens: int | None = None,
+                  predictions_file: str | Path | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """Evaluate every available task. Returns ({task: scores}, {skipped task: why}).
+
+    `predictions_file`: also write {task: {"predicted": [cosine per pair], "gold": [score per pair]}}
+    there (JSON), which `llm2vec.compare` resamples for its paired bootstrap between runs."""
+    results, skipped, predictions = {}, {}, {}
     for task in tasks:
         try:
             pairs = load_task(task)
@@ -148,9 +163,12 @@ def run_sts_suite(encoder, tasks: list[dict], instruction: str | None = None, ba
             logger.warning("skipped STS task %s: %s", task["name"], error)
             continue
         task_instruction = task.get("instruction", instruction)
-        results[task["name"]] = evaluate_sts(encoder, pairs, task_instruction, batch_size, show_progress_bar,
-                                               max_batch_tokens)
-        results[task["name"]]["instruction"] = task_instruction
+        predicted = predict_sts(encoder, pairs, task_instruction, batch_size, show_progress_bar, max_batch_tokens)
+        results[task["name"]] = {**sts_scores(predicted, pairs.scores), "instruction": task_instruction}
+        predictions[task["name"]] = {"predicted": [round(float(p), 7) for p in predicted],
+                                     "gold": [float(g) for g in pairs.scores]}
+    if predictions_file is not None:
+        atomic.write_text(predictions_file, json.dumps(predictions) + "\n")
     return results, skipped
 
 
