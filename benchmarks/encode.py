@@ -114,7 +114,8 @@ def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) ->
     }, vectors
 
 
-def run_llama_cpp(model: str, type: str, sentences: list[str], pairs, max_batch_tokens: int) -> tuple[dict, np.ndarray]:
+def run_llama_cpp(model: str, type: str, sentences: list[str], pairs, max_batch_tokens: int,
+                  flash_attn: bool = True) -> tuple[dict, np.ndarray]:
     """The same as `run` for the GGUF export of `model` run by llama.cpp."""
     from llm2vec.llama_cpp_encoder import LlamaCppEncoder  # needs llama-cpp-python
 
@@ -124,7 +125,8 @@ def run_llama_cpp(model: str, type: str, sentences: list[str], pairs, max_batch_
     peak = int8_ops_per_second if type == "q8_0" else lambda: matmul_flops_per_second(torch.bfloat16)
     with tempfile.TemporaryDirectory() as tmp:
         runtime = LlamaCppEncoder(to_gguf(encoder, Path(tmp) / f"{type}.gguf", type=type),
-                                  max_batch_tokens=max_batch_tokens, n_threads=torch.get_num_threads())
+                                  max_batch_tokens=max_batch_tokens, n_threads=torch.get_num_threads(),
+                                  flash_attn=flash_attn)
         del encoder
         runtime.encode(sentences[:256])  # warm-up
         matmul_before = peak()
@@ -233,6 +235,7 @@ def main() -> None:
     parser.add_argument("--llama-cpp", nargs="*", default=[], choices=["f16", "bf16", "q8_0"],
                         help="also the GGUF export of these types run by llama.cpp")
     parser.add_argument("--llama-batch-tokens", type=int, default=1024, help="tokens a llama.cpp batch holds")
+    parser.add_argument("--llama-no-flash-attn", action="store_true", help="llama.cpp without flash attention")
     parser.add_argument("--plain-llama-cpp", action="store_true",
                         help="also compare llama.cpp's own pooling (what llama-server gives) with LLM2Vec's")
     args = parser.parse_args()
@@ -251,7 +254,8 @@ def main() -> None:
         reference = vectors if dtype == "float32" else reference
         results.append(add_parity(result, vectors, reference))
     for type in args.llama_cpp:
-        result, vectors = run_llama_cpp(args.model, type, sentences, pairs, args.llama_batch_tokens)
+        result, vectors = run_llama_cpp(args.model, type, sentences, pairs, args.llama_batch_tokens,
+                                        flash_attn=not args.llama_no_flash_attn)
         results.append(add_parity(result, vectors, reference))
     print(f"{'dtype':<17} {'sent/s':>7} {'tok/s':>7} {'model GFLOP/s':>13} {'matmul GFLOP/s':>15} "
           f"{'of matmul':>9} {'spearman':>8} {'cos mean':>8} {'cos min':>8}")

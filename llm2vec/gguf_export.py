@@ -11,8 +11,8 @@ llama.cpp pools over every token of the sequence; LLM2Vec pools over the text to
 not the instruction). `llm2vec.llama_cpp_encoder.LlamaCppEncoder` runs the file with per-token
 states and pools them as `LLM2Vec` does; it reads the encoder settings from the `llm2vec.*` keys.
 
-Architectures: Llama and Mistral (llama.cpp's `llama` architecture). Gemma-3 is refused: its
-sliding-window layers stay windowed in llama.cpp's non-causal path (see `UNSUPPORTED`).
+Architectures: Llama and Mistral, as llama.cpp's `llama-embed` (default) or `llama`. Gemma-3 is
+refused: its sliding-window layers stay windowed in llama.cpp's non-causal path (see `UNSUPPORTED`).
 """
 
 from __future__ import annotations

@@ -93,8 +93,7 @@ class LlamaCppEncoder:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
 
     # ----------------------------------------------------------------- encoding
-    def encode(self, sentences: str | Sequence[str | Sequence[str]], normalize_embeddings: bool = False,
-               **unused) -> np.ndarray:
+    def encode(self, sentences: str | Sequence[str | Sequence[str]], normalize_embeddings: bool = False) -> np.ndarray:
         """Embed texts (or [instruction, text] pairs) as `LLM2Vec.encode` does: float32, input
         order, one vector for one string, a zero vector for an empty text."""
         single = isinstance(sentences, str)
