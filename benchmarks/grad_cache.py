@@ -7,8 +7,8 @@ dropout 0.3), LoRA r16 on every projection, AdamW.
         [--mini-batch 32] [--plain 32,128] [--compile]
 
 Each configuration runs in a fresh process, so its peak RSS is its own; the peak is that of the
-timed steps (Linux's high-water mark reset after loading and the warm-up step, whose optimizer
-state stays), also shown as what the steps add to the loaded model. A batch of N sentences is
+timed steps (Linux's high-water mark, reset after loading and the warm-up step: loading the GGUF
+weights, dequantised in float32, peaks higher than a step). A batch of N sentences is
 the same 32 (--mini-batch) STS-B train sentences (the CPU recipe's data) N/32 times: every
 mini-batch then has the shape of the plain batch of 32, so time per sentence and memory compare
 like for like (the loss value does not matter here). The first plain batch is the reference of the
@@ -67,12 +67,11 @@ def measure(model: str, batch_size: int, mini_batch_size: int | None, distinct: 
     # steps' own peak by resetting the kernel's high-water mark once the model is loaded.
     gc.collect()
     reset_peak_rss()
-    loaded_gb = rss_gb("VmRSS")
     start = time.perf_counter()
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - start) / steps
-    queue.put({"seconds": seconds, "peak_gb": rss_gb("VmHWM"), "loaded_gb": loaded_gb})
+    queue.put({"seconds": seconds, "peak_gb": rss_gb("VmHWM")})
 
 
 def reset_peak_rss() -> None:
@@ -81,7 +80,7 @@ def reset_peak_rss() -> None:
 
 
 def rss_gb(field: str) -> float:
-    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, in GiB."""
+    """A memory field of this process (VmHWM: the peak resident set since the last reset), in GiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20  # kB
@@ -115,18 +114,16 @@ def main() -> None:
     configs = [(size, None) for size in sizes(args.plain)] + [(size, args.mini_batch) for size in sizes(args.cached)]
     print(f"SimCSE, {args.model}, bf16-mixed, eager attention, {'compiled' if args.compile else 'eager'} layers, "
           f"{torch.get_num_threads()} threads, {args.steps} steps each")
-    print("| batch | mini-batch | s/step | ms/sentence | x plain per sentence | peak RSS in steps | x plain peak "
-          "| above the loaded model | x plain |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| batch | mini-batch | s/step | ms/sentence | x plain per sentence | peak RSS in steps | x plain peak |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     reference = None
     for batch_size, mini_batch_size in configs:
         r = run_in_fresh_process(args.model, batch_size, mini_batch_size, args.mini_batch, args.steps, args.compile)
         per_sentence = r["seconds"] / batch_size
-        activations = r["peak_gb"] - r["loaded_gb"]  # what the steps add to the loaded model and optimizer
-        reference = reference or (per_sentence, r["peak_gb"], activations)  # the first plain batch
+        reference = reference or (per_sentence, r["peak_gb"])  # the first plain batch
         print(f"| {batch_size} | {mini_batch_size or 'none (plain)'} | {r['seconds']:.2f} | {1000 * per_sentence:.1f} "
-              f"| {per_sentence / reference[0]:.2f} | {r['peak_gb']:.2f} GB | {r['peak_gb'] / reference[1]:.2f} "
-              f"| {activations:.2f} GB | {activations / reference[2]:.2f} |", flush=True)
+              f"| {per_sentence / reference[0]:.2f} | {r['peak_gb']:.2f} GB | {r['peak_gb'] / reference[1]:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
