@@ -97,21 +97,29 @@ def run(model: str, dtype: str, sentences: list[str], pairs, **encode_kwargs) ->
     vectors = encode(sentences)
     seconds = time.perf_counter() - start
     matmul_after = matmul_flops_per_second(compute_dtype)
-    matmul = (matmul_before + matmul_after) / 2
-    achieved = tokens * flops_per_token(encoder, tokens / len(sentences)) / seconds
+    model_flops = flops_per_token(encoder, tokens / len(sentences))
+    return result_row(dtype, len(sentences), tokens, seconds, model_flops, (matmul_before, matmul_after),
+                      vectors, pairs), vectors
+
+
+def result_row(label: str, count: int, tokens: int, seconds: float, model_flops: float,
+               matmul: tuple[float, float], vectors: np.ndarray, pairs) -> dict:
+    """One row of the table: speed, the fraction of the machine's matmul throughput (measured before
+    and after the timed encode), and the STS-B Spearman of the vectors."""
+    achieved = tokens * model_flops / seconds
     return {
-        "dtype": dtype,
-        "sentences": len(sentences),
+        "dtype": label,
+        "sentences": count,
         "tokens": tokens,
         "seconds": seconds,
-        "sentences_per_s": len(sentences) / seconds,
+        "sentences_per_s": count / seconds,
         "tokens_per_s": tokens / seconds,
         "model_gflops_per_s": achieved / 1e9,
-        "matmul_gflops_per_s_before": matmul_before / 1e9,
-        "matmul_gflops_per_s_after": matmul_after / 1e9,
-        "fraction_of_matmul": achieved / matmul,
+        "matmul_gflops_per_s_before": matmul[0] / 1e9,
+        "matmul_gflops_per_s_after": matmul[1] / 1e9,
+        "fraction_of_matmul": achieved / ((matmul[0] + matmul[1]) / 2),
         "spearman": sts_spearman(vectors, pairs),
-    }, vectors
+    }
 
 
 def run_llama_cpp(model: str, type: str, sentences: list[str], pairs, max_batch_tokens: int,
@@ -135,20 +143,8 @@ def run_llama_cpp(model: str, type: str, sentences: list[str], pairs, max_batch_
         seconds = time.perf_counter() - start
         matmul_after = peak()
         runtime.close()
-    achieved = tokens * model_flops / seconds
-    return {
-        "dtype": f"llama.cpp {type}",
-        "sentences": len(sentences),
-        "tokens": tokens,
-        "seconds": seconds,
-        "sentences_per_s": len(sentences) / seconds,
-        "tokens_per_s": tokens / seconds,
-        "model_gflops_per_s": achieved / 1e9,
-        "matmul_gflops_per_s_before": matmul_before / 1e9,
-        "matmul_gflops_per_s_after": matmul_after / 1e9,
-        "fraction_of_matmul": achieved / ((matmul_before + matmul_after) / 2),
-        "spearman": sts_spearman(vectors, pairs),
-    }, vectors
+    return result_row(f"llama.cpp {type}", len(sentences), tokens, seconds, model_flops,
+                      (matmul_before, matmul_after), vectors, pairs), vectors
 
 
 def plain_llama_cpp_parity(model: str, sentences: list[str], pairs, instruction: str) -> list[dict]:
