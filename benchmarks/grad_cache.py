@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import os
 import gc
 import time
@@ -32,6 +31,7 @@ from llm2vec.data import read_sentences
 from llm2vec.encoder import LLM2Vec
 from llm2vec.stages import SimCSE
 from llm2vec.stages.base import compile_decoder_layers, skip_adapter_input_casts
+from train import run_in_fresh_process  # benchmarks/train.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LLM2VEC_DATA", ROOT.parent / "shared" / "data"))  # as conf/paths/default.yaml
@@ -87,16 +87,6 @@ def rss_gb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def run_in_fresh_process(*args) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=measure, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
 def sizes(text: str) -> list[int]:
     return [int(size) for size in text.split(",") if size]
 
@@ -118,7 +108,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     reference = None
     for batch_size, mini_batch_size in configs:
-        r = run_in_fresh_process(args.model, batch_size, mini_batch_size, args.mini_batch, args.steps, args.compile)
+        r = run_in_fresh_process(measure, args.model, batch_size, mini_batch_size, args.mini_batch, args.steps, args.compile)
         per_sentence = r["seconds"] / batch_size
         reference = reference or (per_sentence, r["peak_gb"])  # the first plain batch
         print(f"| {batch_size} | {mini_batch_size or 'none (plain)'} | {r['seconds']:.2f} | {1000 * per_sentence:.1f} "

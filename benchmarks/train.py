@@ -119,10 +119,11 @@ def measure(kind: str, model: str, variant_name: str, steps: int, queue) -> None
                "first_step": first_step})
 
 
-def run_in_fresh_process(*args) -> dict:
+def run_in_fresh_process(target, *args) -> dict:
+    """`target(*args, queue)` in a new process (its own peak memory); the dict it puts on the queue."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=measure, args=(*args, queue))
+    process = context.Process(target=target, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -147,7 +148,7 @@ def main() -> None:
             variant = VARIANTS[name]
             if kind == "mntp" and "pack" in variant:
                 continue  # MNTP blocks have no padding
-            r = run_in_fresh_process(kind, args.model, name, args.steps)
+            r = run_in_fresh_process(measure, kind, args.model, name, args.steps)
             # FLOPs counted are those the model ran (packed: without the padding's)
             achieved = r["flops"] / r["seconds"]
             of_peak = achieved / peak["bf16" if variant["dtype"] == torch.bfloat16 else "fp32"]
