@@ -6,6 +6,7 @@
 # not depend on the seed); every trained one once per seed. Settings: experiments/common.sh.
 #   experiments/ablation_seeds.sh                                     # SmolLM2-135M, 3 seeds, 1,000 steps a stage
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 POOLINGS=mean experiments/ablation_seeds.sh    # a shorter cut
+#   MNTP_STEPS=250 SIMCSE_STEPS=250 SIMCSE_POOLINGS=mean experiments/ablation_seeds.sh  # SimCSE rows with mean only
 #   MODEL=gemma3_270m RECIPE="model.attn_implementation=eager model.lora.lora_dropout=0.0" experiments/ablation_seeds.sh
 #   SMOKE=1 experiments/ablation_seeds.sh                             # the tiny model, 2 steps: a check in minutes
 source "$(dirname "$0")/common.sh"
@@ -13,6 +14,8 @@ OUT=$RUNS/ablation-$MODEL
 MNTP=$(mntp_dir "$MNTP_STEPS")
 TEMPERATURE=${TEMPERATURE:-0.05}   # the paper's SimCSE temperature and attention dropout
 DROPOUT=${DROPOUT:-0.3}
+# The SimCSE rows (the costly ones) for these poolings only; the untrained and Bi+MNTP rows for all.
+SIMCSE_POOLINGS=${SIMCSE_POOLINGS:-$POOLINGS}
 
 train_mntp "$MNTP_STEPS"
 sts_runs=()
@@ -28,10 +31,12 @@ for pooling in ${POOLINGS//,/ }; do
       "mntp_run=$MNTP/seed\${seed}" +mntp_steps="$MNTP_STEPS" $EVAL_ARGS
   done
   sts_runs+=("$OUT/bi_mntp-$pooling")
-  train_simcse 0 "$pooling" "$TEMPERATURE" "$DROPOUT"
-  train_simcse "$MNTP_STEPS" "$pooling" "$TEMPERATURE" "$DROPOUT"
-  sts_runs+=("$(simcse_dir 0 "$pooling" "$TEMPERATURE" "$DROPOUT")"
-             "$(simcse_dir "$MNTP_STEPS" "$pooling" "$TEMPERATURE" "$DROPOUT")")
+  if [[ ",$SIMCSE_POOLINGS," == *",$pooling,"* ]]; then
+    train_simcse 0 "$pooling" "$TEMPERATURE" "$DROPOUT"
+    train_simcse "$MNTP_STEPS" "$pooling" "$TEMPERATURE" "$DROPOUT"
+    sts_runs+=("$(simcse_dir 0 "$pooling" "$TEMPERATURE" "$DROPOUT")"
+               "$(simcse_dir "$MNTP_STEPS" "$pooling" "$TEMPERATURE" "$DROPOUT")")
+  fi
 done
 
 # Word-level probes: pooling plays no part; MNTP-trained encoders are probed with the label shift.
