@@ -1,0 +1,50 @@
+"""The Wikipedia-only recipes (`experiment=smollm2_wiki`, `experiment=gemma3_wiki`) end to end on
+their real models, cut to 2 steps a stage: every step trains on Wikipedia text, saves an encoder,
+and `stage=eval` on the saved encoder (how the README's scores are made) runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import FIXTURES, ROOT, compose_config, run_module
+
+SMOKE = [
+    "trainer.max_steps=2",  # inherited by every step, it outranks the steps' stage.max_steps
+    "max_length=32",
+    "compile_layers=false",
+    f"eval.tasks=[{{name:STS-tiny,path:'{FIXTURES / 'sts_tiny.tsv'}'}}]",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def run_job(overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return run_module.run(compose_config(overrides))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, model", [("smollm2_wiki", "smollm2-135m"), ("gemma3_wiki", "gemma3-270m")])
+def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experiment, model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    run_job([f"experiment={experiment}", *SMOKE, f"run_dir={run_dir}"])
+
+    assert list(json.loads((run_dir / "metrics.json").read_text())) == ["bidirectional", "mntp", "simcse"]
+    for step, data_file in (("2-mntp", "wikitext2_paragraphs.txt"), ("3-simcse", "wiki1m_first_11914.txt")):
+        config = OmegaConf.load(run_dir / step / "config.yaml")
+        assert [Path(f).name for f in config.data.files] == [data_file]  # Wikipedia, no STS sentence
+        assert config.model.base_model_name_or_path == model
+        assert json.loads((run_dir / step / "train.json").read_text())["steps"] == 2
+    simcse = OmegaConf.load(run_dir / "3-simcse" / "config.yaml")
+    assert simcse.stage.module.temperature == 0.05 and simcse.data.batch_size == 32
+
+    eval_dir = tmp_path / "eval"
+    score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
+    assert score is not None and -100 <= score <= 100
+    assert "STS-tiny" in json.loads((eval_dir / "metrics.json").read_text())
