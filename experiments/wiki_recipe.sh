@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The Wikipedia-only recipe (experiment=smollm2_wiki: MNTP on WikiText-2, SimCSE on Wiki1M, no STS
+# sentence trained on), scored as a user scores it: `run.py stage=eval` on each seed's saved encoder,
+# STS-B dev/test without an instruction and with the paper's STS instruction. The trained runs are the
+# main ablation's Bi+MNTP+SimCSE (mean pooling) runs, made by experiments/ablation_seeds.sh with the
+# same steps (it trains them here when missing). Settings: experiments/common.sh.
+#   MNTP_STEPS=250 SIMCSE_STEPS=250 experiments/wiki_recipe.sh
+#   SMOKE=1 experiments/wiki_recipe.sh
+source "$(dirname "$0")/common.sh"
+TEMPERATURE=${TEMPERATURE:-0.05}
+DROPOUT=${DROPOUT:-0.3}
+INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
+OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS
+
+train_mntp "$MNTP_STEPS"
+train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
+TRAINED=$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")
+for seed in $SEED_LIST; do
+  # shellcheck disable=SC2086
+  {
+    run_once "$OUT/no_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$TRAINED/seed\${seed}" \
+      $EVAL_ARGS
+    run_once "$OUT/sts_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$TRAINED/seed\${seed}" \
+      "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
+  }
+done
+report wiki_recipe "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps)" \
+  "$OUT/no_instruction" "$OUT/sts_instruction"
