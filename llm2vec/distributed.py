@@ -1,4 +1,4 @@
-"""Several devices or processes: FSDP wrapping for any decoder, and sharded encoding.
+"""Several devices or processes: FSDP2 sharding for any decoder, and sharded encoding.
 
 Encoding on several devices works on torch.distributed's process group (torchrun, SLURM, or
 inside a Lightning DDP run), not on a spawn pool inside the caller's process: each process holds
@@ -14,7 +14,6 @@ others' final all-gather after --timeout-minutes.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -23,15 +22,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.elastic.multiprocessing.errors import record
-from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
 
-def decoder_layer_wrap_policy():
-    """FSDP auto-wrap policy: one unit per decoder layer, whatever the architecture calls it."""
-    return functools.partial(
-        lambda_auto_wrap_policy, lambda_fn=lambda module: type(module).__name__.endswith("DecoderLayer")
-    )
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as plain FSDP2 data parallelism: every process of every node
+    holds one shard, no tensor parallelism. (Its "auto" sizes give a node's processes to tensor
+    parallelism, which would feed them all the same batches.) The stages shard in configure_model
+    (`shard_decoder_layers`); trainer=fsdp (GPUs) and trainer=fsdp_cpu use it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.world_size  # known once the trainer set the devices and nodes
+        super().setup_environment()
 
 
 def shard_decoder_layers(model: nn.Module, mesh) -> int:
