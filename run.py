@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning import Trainer, seed_everything
@@ -45,9 +46,18 @@ OmegaConf.register_new_resolver("required", required, replace=True)
 log = logging.getLogger("llm2vec")
 
 
+def evaluation_device(cfg: DictConfig) -> str:
+    """The GPU when the trainer config asks for one and there is one: the encoder is loaded (and
+    Lightning leaves a trained model) on the CPU, where evaluating a GPU run takes minutes."""
+    wants_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+
 def evaluate(encoder, cfg: DictConfig, run_dir: Path) -> dict:
     """Run the eval config on the encoder; metrics.json gets {task: scores}."""
-    print(f"\n== {cfg.stage.name}: {run_dir}", flush=True)
+    device = evaluation_device(cfg)
+    encoder.to(device)
+    print(f"\n== {cfg.stage.name}: {run_dir} (on {device})", flush=True)
     summary = run_evaluation(encoder, OmegaConf.to_container(cfg.eval, resolve=True), run_dir)
     atomic.write_json(run_dir / "metrics.json", summary["results"])
     return summary["results"]

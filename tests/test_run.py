@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, TINY_DATA, compose_config
+from conftest import ROOT, TINY, TINY_DATA, compose_config, run_module
 from llm2vec import LLM2Vec
 
 
@@ -128,6 +128,15 @@ def test_a_wrong_key_in_a_later_pipeline_step_fails_before_the_first_step_runs(r
     with pytest.raises(ConfigCompositionException, match="temprature"):
         run_app("experiment=smoke", "pipeline.simcse=['stage.module.temprature=1']", run_dir=tmp_path / "p")
     assert not (tmp_path / "p" / "2-mntp").exists()
+
+
+@pytest.mark.parametrize(("trainer", "has_gpu", "device"), [
+    ("gpu", True, "cuda"), ("ddp", True, "cuda"), ("gpu", False, "cpu"), ("cpu", True, "cpu"), ("ddp_cpu", True, "cpu")])
+def test_evaluation_runs_on_the_gpu_when_the_trainer_config_asks_for_one(monkeypatch, trainer, has_gpu, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_gpu)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose_config([f"trainer={trainer}"])
+    assert run_module.evaluation_device(cfg) == device
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
