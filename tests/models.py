@@ -4,6 +4,7 @@ can run, and padded batches built by hand (so the tests do not trust the code un
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ from transformers.utils import is_flash_attn_2_available
 
 from llm2vec.loading import TINY_ARCHITECTURES, load_decoder
 
+# LLM2VEC_TEST_DEVICE=cuda runs the tiny-model tests on a GPU (fp32, as on the CPU): the same
+# assertions for the CUDA kernels of every attention implementation.
+TEST_DEVICE = os.environ.get("LLM2VEC_TEST_DEVICE", "cpu")
 ARCHITECTURES = tuple(TINY_ARCHITECTURES)
 SLIDING_ARCHITECTURES = tuple(a for a, extra in TINY_ARCHITECTURES.items() if extra.get("sliding_window"))
 
@@ -51,6 +55,8 @@ def load_tiny(architecture: str, attention: str = "sdpa", with_lm_head: bool = F
         kwargs.update(dtype=torch.bfloat16, device_map="cuda")
     model, tokenizer = load_decoder(f"tiny-random-{architecture}", with_lm_head=with_lm_head, **kwargs)
     assert model.config._attn_implementation == attention
+    if attention != "flash_attention_2":
+        model.to(TEST_DEVICE)
     return model.eval(), tokenizer
 
 

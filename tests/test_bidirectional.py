@@ -148,7 +148,7 @@ def test_causal_lm_and_peft_wrapped_models_become_bidirectional():
 
     def first_logits(input_ids):
         with torch.no_grad():
-            return peft_model(input_ids=input_ids).logits[0, 0]
+            return peft_model(input_ids=input_ids.to(model.device)).logits[0, 0]
 
     assert torch.equal(first_logits(ids), first_logits(changed))
     enable_bidirectional(peft_model)
@@ -160,7 +160,7 @@ def test_keyword_and_positional_masks_are_both_replaced():
     """The hook must see the mask however the backbone is called (the LM head passes keywords)."""
     model, _ = load_tiny("llama", "eager")
     enable_bidirectional(model)
-    ids = torch.stack(random_ids([6, 6], seed=5))
+    ids = torch.stack(random_ids([6, 6], seed=5)).to(model.device)
     mask = torch.ones_like(ids)
     with torch.no_grad():
         positional = model(ids, mask).last_hidden_state
