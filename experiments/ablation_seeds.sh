@@ -48,6 +48,9 @@ SIMCSE_RUN=$(simcse_dir "$MNTP_STEPS" "$FIRST_POOLING" "$TEMPERATURE" "$DROPOUT"
   for seed in $SEED_LIST; do
     run_once "$OUT/probes/bi_mntp/seed$seed" variant=bi_mntp seed=$seed "mntp_run=$MNTP/seed\${seed}" \
       eval=probes_ud eval.shift_labels=true $PROBE_ARGS
+  done
+  finish_runs  # the SimCSE runs probed next
+  for seed in $SEED_LIST; do
     run_once "$OUT/probes/bi_mntp_simcse/seed$seed" variant=bi_mntp_simcse stage=eval seed=$seed \
       "stage.init_from=$SIMCSE_RUN/seed\${seed}" eval=probes_ud eval.shift_labels=true $PROBE_ARGS
   done

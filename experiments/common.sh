@@ -16,6 +16,9 @@
 #   MNTP_ARGS, SIMCSE_ARGS      per-stage overrides (data: WikiText for MNTP, Wiki1M for SimCSE)
 #   EVAL_ARGS, PROBE_ARGS       overrides of the STS evaluation, of eval=probes_ud
 #   RUNS, RESULTS               where runs and the compare reports go
+#   JOBS=1                      runs at a time: on a GPU several small-model runs share it (each
+#                               run's output then goes to <run dir>.log; the seeds of a stage run
+#                               side by side, and a stage starts once the one it needs is done)
 #   SMOKE=1                     the tiny random model, fixture data, 2 steps, 2 seeds: a script end to
 #                               end in minutes, reports under experiments/runs/smoke (not committed)
 set -euo pipefail
@@ -53,8 +56,11 @@ PYTHON=${PYTHON:-python}
 SHARED=$RUNS/$MODEL            # runs the sweeps share
 SEED_LIST=${SEEDS//,/ }
 FIRST_POOLING=${POOLINGS%%,*}
+JOBS=${JOBS:-1}
+FAILED_RUNS=0
 
-# run_once <run dir> <overrides...>: one run.py run, unless <run dir> holds a finished one.
+# run_once <run dir> <overrides...>: one run.py run, unless <run dir> holds a finished one. With
+# JOBS > 1 it starts the run in the background (once fewer than JOBS run) and returns.
 run_once() {
   local dir=$1
   shift
@@ -68,7 +74,28 @@ run_once() {
   fi
   echo "== $dir"
   # shellcheck disable=SC2086  # RECIPE and the *_ARGS are lists of overrides
-  $PYTHON run.py model="$MODEL" trainer="$TRAINER" $RECIPE "$@" "${resume[@]}" hydra.run.dir="$dir"
+  local command=($PYTHON run.py model="$MODEL" trainer="$TRAINER" $RECIPE "$@" "${resume[@]}" hydra.run.dir="$dir")
+  if [ "$JOBS" -le 1 ]; then
+    "${command[@]}"
+    return
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do
+    wait -n || FAILED_RUNS=$((FAILED_RUNS + 1))
+  done
+  mkdir -p "$(dirname "$dir")"
+  "${command[@]}" >"$dir.log" 2>&1 &
+}
+
+# finish_runs: wait for the runs started in the background; stop the sweep if one failed.
+finish_runs() {
+  local pid
+  for pid in $(jobs -p); do
+    wait "$pid" || FAILED_RUNS=$((FAILED_RUNS + 1))
+  done
+  if [ "$FAILED_RUNS" -gt 0 ]; then
+    echo "$FAILED_RUNS run(s) failed: see the <run dir>.log files" >&2
+    exit 1
+  fi
 }
 
 # mntp_dir <steps> [ratio strategy token]: where the MNTP runs of that recipe live (one per seed).
@@ -86,6 +113,7 @@ train_mntp() {
     run_once "$dir/seed$seed" stage=mntp seed="$seed" trainer.max_steps="$1" model.mask_ratio="${2:-0.2}" \
       model.mask_strategy="${3:-bert}" model.mask_token_type="${4:-blank}" $MNTP_ARGS $EVAL_ARGS
   done
+  finish_runs  # what follows trains on or evaluates these runs
 }
 
 # train_simcse <mntp steps: 0 = none> <pooling> <temperature> <dropout> [ratio strategy token]:
@@ -117,5 +145,6 @@ train_simcse() {
 report() {
   local name=$1 title=$2
   shift 2
+  finish_runs
   $PYTHON -m llm2vec.compare "$@" --out "$RESULTS/$name-$MODEL" --title "$title"
 }

@@ -14,6 +14,7 @@ OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS
 
 train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
+finish_runs  # evaluated next
 TRAINED=$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")
 for seed in $SEED_LIST; do
   # shellcheck disable=SC2086
