@@ -5,12 +5,16 @@
 # main ablation's Bi+MNTP+SimCSE (mean pooling) runs, made by experiments/ablation_seeds.sh with the
 # same steps (it trains them here when missing). Settings: experiments/common.sh.
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 experiments/wiki_recipe.sh
+#   MNTP_STEPS=250 SIMCSE_STEPS=250 TEMPERATURE=0.1 experiments/wiki_recipe.sh   # another SimCSE setting
 #   SMOKE=1 experiments/wiki_recipe.sh
 source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.05}
 DROPOUT=${DROPOUT:-0.3}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
 OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS
+if [ "$TEMPERATURE-$DROPOUT" != "0.05-0.3" ]; then  # the paper's values keep the short name
+  OUT=$OUT-t$TEMPERATURE-d$DROPOUT
+fi
 
 train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
@@ -25,5 +29,5 @@ for seed in $SEED_LIST; do
       "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
   }
 done
-report wiki_recipe "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps)" \
+report "wiki_recipe${OUT##*simcse$SIMCSE_STEPS}" "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
   "$OUT/no_instruction" "$OUT/sts_instruction"
