@@ -42,7 +42,7 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
         assert config.model.base_model_name_or_path == model
         assert json.loads((run_dir / step / "train.json").read_text())["steps"] == 2
     simcse = OmegaConf.load(run_dir / "3-simcse" / "config.yaml")
-    assert simcse.stage.module.temperature == 0.05 and simcse.data.batch_size == 32
+    assert simcse.stage.module.temperature == 0.1 and simcse.data.batch_size == 32
 
     eval_dir = tmp_path / "eval"
     score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
