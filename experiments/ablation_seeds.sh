@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's main ablation with seeds: {Uni, Echo, Bi, Bi+MNTP, Bi+SimCSE (no MNTP), Bi+MNTP+SimCSE}
 # x {mean, weighted_mean, eos_token} on STS-B, and the word-level probes (UPOS, deprel on UD English
-# EWT: eval=probes_ud) of Uni, Bi, Bi+MNTP and Bi+MNTP+SimCSE (mean pooling; label shift after MNTP).
+# EWT: eval=probes_ud) of Uni, Bi, Bi+MNTP and Bi+MNTP+SimCSE (mean pooling; label shift after MNTP,
+# and Bi+MNTP without it too).
 # MNTP on WikiText, SimCSE on Wiki1M: no STS sentence is trained on. Untrained rows run once (they do
 # not depend on the seed); every trained one once per seed. Settings: experiments/common.sh.
 #   experiments/ablation_seeds.sh                                     # SmolLM2-135M, 3 seeds, 1,000 steps a stage
@@ -48,6 +49,9 @@ SIMCSE_RUN=$(simcse_dir "$MNTP_STEPS" "$FIRST_POOLING" "$TEMPERATURE" "$DROPOUT"
   for seed in $SEED_LIST; do
     run_once "$OUT/probes/bi_mntp/seed$seed" variant=bi_mntp seed=$seed "mntp_run=$MNTP/seed\${seed}" \
       eval=probes_ud eval.shift_labels=true $PROBE_ARGS
+    # ...and without the shift: each token's own state, as for the untrained rows
+    run_once "$OUT/probes/bi_mntp_noshift/seed$seed" variant=bi_mntp seed=$seed "mntp_run=$MNTP/seed\${seed}" \
+      eval=probes_ud $PROBE_ARGS
   done
   finish_runs  # the SimCSE runs probed next
   for seed in $SEED_LIST; do
