@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
 

@@ -4,8 +4,8 @@
     LLM2VEC_TEST_DEVICE=cuda pytest tests/test_bidirectional.py     # the attention tests on the GPU
 
 Encoding on the GPU gives the CPU's embeddings (fp32) and nearly them in bf16; gradient caching
-replays the GPU's dropout; run.py trains, saves and reloads with trainer=gpu (bf16-mixed) and
-trainer=fsdp (FSDP2, bf16, here on one GPU), and both train alike."""
+replays the GPU's dropout; run.py trains, saves and reloads with trainer=gpu and trainer=fsdp
+(FSDP2, here on one GPU), which train alike in bf16; bf16-mixed SimCSE takes gradient caching."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_gradient_cache import SENTENCES, assert_equal_gradients, full_batch, simcse, step
+from test_fsdp_cpu import TINY
 from test_run import train_losses
 
 from llm2vec import LLM2Vec
@@ -26,8 +27,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["A man plays a guitar.", "A woman is slicing an onion.", "Two dogs run through a field of snow."]
-TINY = ["model=tiny_llama", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "trainer.log_every_n_steps=1", f"eval.tasks=[{{name:STS-tiny,path:'{ROOT / 'tests/fixtures/sts_tiny.tsv'}'}}]"]
 SIMCSE = ["stage=simcse", "data=tiny_sentences", "data.batch_size=8", "trainer.max_steps=3",
           "stage.module.attention_dropout=0", "model.lora.lora_dropout=0"]
 
