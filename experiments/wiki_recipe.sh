@@ -13,10 +13,11 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
-OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS
-if [ "$TEMPERATURE-$DROPOUT" != "0.05-0.3" ]; then  # the paper's values keep the short name
-  OUT=$OUT-t$TEMPERATURE-d$DROPOUT
+SETTING=""  # the paper's values keep the short names
+if [ "$TEMPERATURE-$DROPOUT" != "0.05-0.3" ]; then
+  SETTING=-t$TEMPERATURE-d$DROPOUT
 fi
+OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS$SETTING
 
 train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
@@ -31,5 +32,5 @@ for seed in $SEED_LIST; do
       "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
   }
 done
-report "wiki_recipe${OUT##*simcse$SIMCSE_STEPS}" "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
+report "wiki_recipe$SETTING" "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
   "$OUT/no_instruction" "$OUT/sts_instruction"

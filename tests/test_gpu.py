@@ -53,8 +53,8 @@ def test_encode_on_the_gpu_gives_the_cpu_embeddings():
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_gradient_caching_replays_the_gpu_dropout(attention):
-    torch.backends.cuda.matmul.allow_tf32 = False  # compare in true fp32
+def test_gradient_caching_replays_the_gpu_dropout(attention, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # compare in true fp32
     module = simcse(mini_batch_size=4, attention=attention).to("cuda")
     expected_loss, expected = full_batch(module, SENTENCES, 4)
     loss, actual = step(module, SENTENCES)  # mini-batches of 4, 4 and 2, dropout drawn on the GPU
