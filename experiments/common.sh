@@ -14,6 +14,8 @@
 #   SEEDS=1,2,3                 seeds of every trained setting (untrained rows are deterministic: once)
 #   MNTP_STEPS, SIMCSE_STEPS    steps per stage
 #   MNTP_ARGS, SIMCSE_ARGS      per-stage overrides (data: WikiText for MNTP, Wiki1M for SimCSE)
+#   SIMCSE_TAG                  appended to the SimCSE runs' dir names: set it with SIMCSE_ARGS that
+#                               change training beyond what the names say (e.g. -lr1e-3)
 #   EVAL_ARGS, PROBE_ARGS       overrides of the STS evaluation, of eval=probes_ud
 #   RUNS, RESULTS               where runs and the compare reports go
 #   JOBS=1                      runs at a time: on a GPU several small-model runs share it (each
@@ -120,7 +122,7 @@ train_mntp() {
 # SimCSE for every seed, on the MNTP run of the same seed (Bi+MNTP+SimCSE) or on the base model
 # (Bi+SimCSE, MNTP steps 0). Prints nothing; simcse_dir says where.
 simcse_dir() {
-  echo "$SHARED/simcse-$SIMCSE_STEPS-mntp$1-r${5:-0.2}-${6:-bert}-${7:-blank}-$2-t$3-d$4"
+  echo "$SHARED/simcse-$SIMCSE_STEPS-mntp$1-r${5:-0.2}-${6:-bert}-${7:-blank}-$2-t$3-d$4${SIMCSE_TAG:-}"
 }
 
 train_simcse() {

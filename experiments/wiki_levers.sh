@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Levers of the Wikipedia-only recipe (experiment=smollm2_wiki; experiments/wiki_recipe.sh), one change
+# at a time against the recipe itself: MNTP MNTP_STEPS, SimCSE SIMCSE_STEPS steps on Wiki1M, batch 32,
+# lr 3e-4, temperature 0.1, attention dropout 0.3, mean pooling. SEEDS defaults to 1 (a screen: the
+# recipe keeps what wins on STS-B dev, then earns its seeds in wiki_recipe.sh). The SimCSE runs are
+# shared with the other sweeps. LEVERS (comma-separated):
+#   lr<x>        SimCSE peak learning rate x              dropout<x>  attention dropout x
+#   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data)
+#   steps2x      twice the SimCSE steps, the STS-B scores every SIMCSE_STEPS/2 steps (the score-vs-minutes curve)
+# Settings: experiments/common.sh.
+#   MNTP_STEPS=250 SIMCSE_STEPS=250 experiments/wiki_levers.sh
+#   MNTP_STEPS=250 SIMCSE_STEPS=250 LEVERS=lr1e-3 SEEDS=2,3 experiments/wiki_levers.sh
+#   SMOKE=1 SEEDS=1 experiments/wiki_levers.sh
+SEEDS=${SEEDS:-1}
+source "$(dirname "$0")/common.sh"
+TEMPERATURE=${TEMPERATURE:-0.1}
+DROPOUT=${DROPOUT:-0.3}
+if [ -n "${SMOKE:-}" ]; then
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8}  # twelve fixture sentences
+fi
+LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch64}
+
+# seed_dirs <setting dir>: the setting's run of each seed in SEEDS (the recipe's own setting has more
+# seeds than a screen: the rows compare the same seeds)
+seed_dirs() {
+  for seed in $SEED_LIST; do
+    echo "$1/seed$seed"
+  done
+}
+
+train_mntp "$MNTP_STEPS"
+train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
+mapfile -t runs < <(seed_dirs "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")")
+for lever in ${LEVERS//,/ }; do
+  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" args=""
+  case $lever in
+    lr*) tag=-$lever args="stage.module.optimizer.lr=${lever#lr}" ;;
+    dropout*) dropout=${lever#dropout} ;;
+    mntp0) mntp=0 ;;
+    batch*) tag=-b${lever#batch} args="data.batch_size=${lever#batch}" ;;
+    steps2x) steps=$((2 * SIMCSE_STEPS))
+             args="callbacks=sts_curve callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))" ;;
+    *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
+  esac
+  SIMCSE_STEPS=$steps SIMCSE_TAG=$tag SIMCSE_ARGS="$SIMCSE_ARGS $args" \
+    train_simcse "$mntp" mean "$TEMPERATURE" "$dropout"
+  mapfile -t -O "${#runs[@]}" runs < <(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag seed_dirs \
+    "$(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag simcse_dir "$mntp" mean "$TEMPERATURE" "$dropout")")
+done
+report "wiki_levers-s${SEEDS//,/}" "Wikipedia-only recipe, one lever at a time ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
+  "${runs[@]}"
