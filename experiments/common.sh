@@ -118,9 +118,10 @@ train_mntp() {
   finish_runs  # what follows trains on or evaluates these runs
 }
 
-# train_simcse <mntp steps: 0 = none> <pooling> <temperature> <dropout> [ratio strategy token]:
+# train_simcse <mntp steps: 0 = none> <pooling> <temperature> <dropout> [ratio strategy token [overrides...]]:
 # SimCSE for every seed, on the MNTP run of the same seed (Bi+MNTP+SimCSE) or on the base model
-# (Bi+SimCSE, MNTP steps 0). Prints nothing; simcse_dir says where.
+# (Bi+SimCSE, MNTP steps 0); overrides after the masking recipe are passed as they are (one word each,
+# spaces allowed: name the run with SIMCSE_TAG). Prints nothing; simcse_dir says where.
 simcse_dir() {
   echo "$SHARED/simcse-$SIMCSE_STEPS-mntp$1-r${5:-0.2}-${6:-bert}-${7:-blank}-$2-t$3-d$4${SIMCSE_TAG:-}"
 }
@@ -139,7 +140,7 @@ train_simcse() {
   fi
   for seed in $SEED_LIST; do
     # shellcheck disable=SC2086
-    run_once "$dir/seed$seed" seed="$seed" "${base[@]}" $SIMCSE_ARGS $EVAL_ARGS
+    run_once "$dir/seed$seed" seed="$seed" "${base[@]}" $SIMCSE_ARGS $EVAL_ARGS "${@:8}"
   done
 }
 

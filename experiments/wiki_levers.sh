@@ -7,6 +7,8 @@
 #   lr<x>        SimCSE peak learning rate x              dropout<x>  attention dropout x
 #   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data)
 #   steps2x      twice the SimCSE steps, the STS-B scores every SIMCSE_STEPS/2 steps (the score-vs-minutes curve)
+#   instruction  the STS instruction on the first view of each SimCSE sentence; it and the recipe are
+#                also scored with the instruction (stage=eval on the saved encoders)
 # Settings: experiments/common.sh.
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 experiments/wiki_levers.sh
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 LEVERS=lr1e-3 SEEDS=2,3 experiments/wiki_levers.sh
@@ -16,9 +18,10 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
-  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8}  # twelve fixture sentences
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8,instruction}  # twelve fixture sentences
 fi
-LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch64}
+LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,mntp0,batch64}
+INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
 
 # seed_dirs <setting dir>: the setting's run of each seed in SEEDS (the recipe's own setting has more
 # seeds than a screen: the rows compare the same seeds)
@@ -32,7 +35,7 @@ train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 mapfile -t runs < <(seed_dirs "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")")
 for lever in ${LEVERS//,/ }; do
-  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" args=""
+  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" args="" extra=()
   case $lever in
     lr*) tag=-$lever args="stage.module.optimizer.lr=${lever#lr}" ;;
     dropout*) dropout=${lever#dropout} ;;
@@ -40,12 +43,26 @@ for lever in ${LEVERS//,/ }; do
     batch*) tag=-b${lever#batch} args="data.batch_size=${lever#batch}" ;;
     steps2x) steps=$((2 * SIMCSE_STEPS))
              args="callbacks=sts_curve callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))" ;;
+    instruction) tag=-instruction extra=("stage.module.instruction='$INSTRUCTION'") ;;
     *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
   esac
   SIMCSE_STEPS=$steps SIMCSE_TAG=$tag SIMCSE_ARGS="$SIMCSE_ARGS $args" \
-    train_simcse "$mntp" mean "$TEMPERATURE" "$dropout"
-  mapfile -t -O "${#runs[@]}" runs < <(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag seed_dirs \
+    train_simcse "$mntp" mean "$TEMPERATURE" "$dropout" 0.2 bert blank "${extra[@]}"
+  mapfile -t -O "${#runs[@]}" runs < <(seed_dirs \
     "$(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag simcse_dir "$mntp" mean "$TEMPERATURE" "$dropout")")
 done
+if [[ ",$LEVERS," == *,instruction,* ]]; then
+  # both encoders scored with the instruction, as a user evaluating on sts7 would
+  finish_runs
+  for trained in "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")" \
+                 "$(SIMCSE_TAG=-instruction simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")"; do
+    for seed in $SEED_LIST; do
+      # shellcheck disable=SC2086
+      run_once "$trained-eval_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$trained/seed\${seed}" \
+        "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
+    done
+    mapfile -t -O "${#runs[@]}" runs < <(seed_dirs "$trained-eval_instruction")
+  done
+fi
 report "wiki_levers-s${SEEDS//,/}" "Wikipedia-only recipe, one lever at a time ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
   "${runs[@]}"

@@ -155,6 +155,23 @@ def test_simcse_dropout_makes_the_two_views_differ_in_training_only():
     assert torch.allclose(first, second)
 
 
+def test_simcse_instruction_goes_on_the_first_view_only():
+    module = simcse(attention_dropout=0.0, instruction="Instruct:")
+    module.eval()
+    with torch.no_grad():
+        first, second = module.embed_batch(SENTENCES)
+        instructed = module.encoder.encode([["Instruct:", s] for s in SENTENCES], convert_to_tensor=True)
+        plain = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+    assert torch.allclose(first, instructed, atol=1e-5)
+    assert torch.allclose(second, plain, atol=1e-5)
+    assert not torch.allclose(first, second, atol=1e-3)  # the instruction changes the text's states
+
+
+def test_simcse_refuses_an_empty_instruction():
+    with pytest.raises(ValueError, match="non-empty"):
+        simcse(instruction=" ")
+
+
 def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():
     module = simcse(pooling_mode="weighted_mean")
     module.eval()

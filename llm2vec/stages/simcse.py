@@ -3,6 +3,11 @@ different dropout; the two views of a sentence are positives, the other sentence
 
 The encoder arrives with its earlier adapters merged (e.g. an MNTP run); a fresh LoRA adapter is
 trained on top. Pooling is the encoder's own forward, so training pools exactly like inference.
+
+With `instruction`, the first view of every sentence carries it ([instruction, sentence]: attended
+to, never pooled) and the second does not: the encoder learns to embed a text alike with and without
+the instruction, so evaluating with one (the paper's STS instruction) no longer costs what it costs
+an encoder trained without any.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ class SimCSE(ContrastiveStage):
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
         mini_batch_size: int | None = None,
+        instruction: str | None = None,
     ):
+        if instruction is not None and not instruction.strip():
+            raise ValueError("instruction must be a non-empty text, or null (no instruction)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size)
         set_attention_dropout(encoder.model, attention_dropout)
+        self.instruction = instruction
 
     def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
-        first, second = self.embed(sentences + sentences).chunk(2)
+        first_views = sentences if self.instruction is None else [[self.instruction, s] for s in sentences]
+        first, second = self.embed(first_views + sentences).chunk(2)
         return first, second
 
     def batch_loss(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
