@@ -5,9 +5,9 @@ The encoder arrives with its earlier adapters merged (e.g. an MNTP run); a fresh
 trained on top. Pooling is the encoder's own forward, so training pools exactly like inference.
 
 With `instruction`, the first view of every sentence carries it ([instruction, sentence]: attended
-to, never pooled) and the second does not: the encoder learns to embed a text alike with and without
-the instruction, so evaluating with one (the paper's STS instruction) no longer costs what it costs
-an encoder trained without any.
+to, never pooled) and the second does not, so the loss asks for a text's embedding alike with and
+without the instruction. Meant to spare an encoder the points an instruction at evaluation costs; on
+SmolLM2 with Wiki1M it lost on both counts (README, "Wikipedia only").
 """
 
 from __future__ import annotations
