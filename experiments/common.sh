@@ -144,6 +144,17 @@ train_simcse() {
   done
 }
 
+# eval_saved <out setting dir> <trained setting dir> [overrides...]: `stage=eval` of each seed's saved
+# encoder, as a user scores it (the trained runs must be finished: finish_runs first).
+eval_saved() {
+  local out=$1 trained=$2
+  shift 2
+  for seed in $SEED_LIST; do
+    # shellcheck disable=SC2086
+    run_once "$out/seed$seed" stage=eval seed="$seed" "stage.init_from=$trained/seed\${seed}" "$@" $EVAL_ARGS
+  done
+}
+
 # report <name> <title> <run dirs...>: the table, plots and HTML page in $RESULTS/<name>-$MODEL.
 report() {
   local name=$1 title=$2

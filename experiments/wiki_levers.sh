@@ -56,11 +56,7 @@ if [[ ",$LEVERS," == *,instruction,* ]]; then
   finish_runs
   for trained in "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")" \
                  "$(SIMCSE_TAG=-instruction simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")"; do
-    for seed in $SEED_LIST; do
-      # shellcheck disable=SC2086
-      run_once "$trained-eval_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$trained/seed\${seed}" \
-        "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
-    done
+    eval_saved "$trained-eval_instruction" "$trained" "eval.instruction='$INSTRUCTION'"
     mapfile -t -O "${#runs[@]}" runs < <(seed_dirs "$trained-eval_instruction")
   done
 fi

@@ -23,14 +23,7 @@ train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 finish_runs  # evaluated next
 TRAINED=$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")
-for seed in $SEED_LIST; do
-  # shellcheck disable=SC2086
-  {
-    run_once "$OUT/no_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$TRAINED/seed\${seed}" \
-      $EVAL_ARGS
-    run_once "$OUT/sts_instruction/seed$seed" stage=eval seed="$seed" "stage.init_from=$TRAINED/seed\${seed}" \
-      "eval.instruction='$INSTRUCTION'" $EVAL_ARGS
-  }
-done
+eval_saved "$OUT/no_instruction" "$TRAINED"
+eval_saved "$OUT/sts_instruction" "$TRAINED" "eval.instruction='$INSTRUCTION'"
 report "wiki_recipe$SETTING" "Wikipedia-only recipe, stage=eval on the saved encoders ($MODEL; seeds $SEEDS; MNTP $MNTP_STEPS, SimCSE $SIMCSE_STEPS steps, temperature $TEMPERATURE, dropout $DROPOUT)" \
   "$OUT/no_instruction" "$OUT/sts_instruction"
