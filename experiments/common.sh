@@ -14,7 +14,7 @@
 #   SEEDS=1,2,3                 seeds of every trained setting (untrained rows are deterministic: once)
 #   MNTP_STEPS, SIMCSE_STEPS    steps per stage
 #   MNTP_ARGS, SIMCSE_ARGS      per-stage overrides (data: WikiText for MNTP, Wiki1M for SimCSE)
-#   SIMCSE_TAG                  appended to the SimCSE runs' dir names: set it with SIMCSE_ARGS that
+#   SIMCSE_TAG                  appended to the SimCSE runs' dir names: set it with overrides that
 #                               change training beyond what the names say (e.g. -lr1e-3)
 #   EVAL_ARGS, PROBE_ARGS       overrides of the STS evaluation, of eval=probes_ud
 #   RUNS, RESULTS               where runs and the compare reports go

@@ -35,19 +35,18 @@ train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 mapfile -t runs < <(seed_dirs "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")")
 for lever in ${LEVERS//,/ }; do
-  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" args="" extra=()
+  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" extra=()
   case $lever in
-    lr*) tag=-$lever args="stage.module.optimizer.lr=${lever#lr}" ;;
+    lr*) tag=-$lever extra=("stage.module.optimizer.lr=${lever#lr}") ;;
     dropout*) dropout=${lever#dropout} ;;
     mntp0) mntp=0 ;;
-    batch*) tag=-b${lever#batch} args="data.batch_size=${lever#batch}" ;;
+    batch*) tag=-b${lever#batch} extra=("data.batch_size=${lever#batch}") ;;
     steps2x) steps=$((2 * SIMCSE_STEPS))
-             args="callbacks=sts_curve callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))" ;;
+             extra=(callbacks=sts_curve "callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))") ;;
     instruction) tag=-instruction extra=("stage.module.instruction='$INSTRUCTION'") ;;
     *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
   esac
-  SIMCSE_STEPS=$steps SIMCSE_TAG=$tag SIMCSE_ARGS="$SIMCSE_ARGS $args" \
-    train_simcse "$mntp" mean "$TEMPERATURE" "$dropout" 0.2 bert blank "${extra[@]}"
+  SIMCSE_STEPS=$steps SIMCSE_TAG=$tag train_simcse "$mntp" mean "$TEMPERATURE" "$dropout" 0.2 bert blank "${extra[@]}"
   mapfile -t -O "${#runs[@]}" runs < <(seed_dirs \
     "$(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag simcse_dir "$mntp" mean "$TEMPERATURE" "$dropout")")
 done
