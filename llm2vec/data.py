@@ -214,7 +214,9 @@ class TextBlocks(StreamDataModule):
 
 class Sentences(StreamDataModule):
     """SimCSE data: unlabelled sentences (.txt lines, STS-style TSV sentence columns, or a hub dataset),
-    duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts)."""
+    duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts).
+    `min_words`: sentences of fewer whitespace-separated words are dropped too (Wiki1M holds names,
+    headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives)."""
 
     def __init__(
         self,
@@ -225,11 +227,13 @@ class Sentences(StreamDataModule):
         group_by_length: bool = False,
         seed: int = 0,
         hub_if_missing: bool = False,
+        min_words: int = 0,
     ):
         super().__init__(batch_size, seed)
         self.files, self.hub = list(files), hub
         self.hub_if_missing = hub_if_missing
         self.max_sentences = max_sentences
+        self.min_words = min_words
         self.group_by_length = group_by_length
         self.sentences: list[str] | None = None
 
@@ -237,7 +241,12 @@ class Sentences(StreamDataModule):
         if self.sentences is None:
             texts = read_texts(self.files, self.hub, read_sentences, self.hub_if_missing)
             unique = dict.fromkeys(texts)  # dedupe, keep order
-            self.sentences = list(unique)[: self.max_sentences]
+            kept = [text for text in unique if len(text.split()) >= self.min_words]
+            if not kept:
+                raise ValueError(f"no sentence of {self.min_words} or more words in {self.files or self.hub}")
+            if len(kept) < len(unique):
+                logger.info("sentences of fewer than %d words dropped: %d of %d", self.min_words, len(unique) - len(kept), len(unique))
+            self.sentences = kept[: self.max_sentences]
 
     def global_batches(self, epoch: int, global_batch_size: int) -> list[list]:
         sentences = self.shuffled(self.sentences, epoch)
