@@ -322,7 +322,9 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
             label = ", ".join(f"{k}={run['swept'].get(k, '')}" for k in curve_keys) or Path(run["run"]).name
             label += f", seed={run['seed']}" if seeded else ""
             ax.plot(*zip(*sorted(points)), label=f"{label} ({name})")
-        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend(fontsize=6)
+        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3)
+        # below the axes: a label names every swept setting, too long to sit over the curves
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.18))
         written.append(_save(fig, out / "training_curves.png"))
     return written
 
@@ -372,7 +374,7 @@ def _slug(text: str) -> str:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic.replacing(path) as temp:
-        fig.savefig(temp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        fig.savefig(temp, dpi=110, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
     fig.clf()
     return path
 
