@@ -7,6 +7,7 @@
 #   lr<x>        SimCSE peak learning rate x              dropout<x>  attention dropout x
 #   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data)
 #   minwords<n>  SimCSE on the Wiki1M sentences of n or more words (names and headings dropped)
+#   rank<n>      SimCSE LoRA rank n (alpha 2n, as the recipe's 16/32)
 #   steps2x      twice the SimCSE steps, the STS-B scores every SIMCSE_STEPS/2 steps (the score-vs-minutes curve)
 #   instruction  the STS instruction on the first view of each SimCSE sentence; it and the recipe are
 #                also scored with the instruction (stage=eval on the saved encoders)
@@ -19,9 +20,9 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
-  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8,instruction,minwords2}  # twelve fixture sentences
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8,instruction,minwords2,rank4}  # twelve fixture sentences
 fi
-LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64}
+LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5,rank64}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
 
 # seed_dirs <setting dir>: the setting's run of each seed in SEEDS (the recipe's own setting has more
@@ -42,6 +43,7 @@ for lever in ${LEVERS//,/ }; do
     dropout*) dropout=${lever#dropout} ;;
     mntp0) mntp=0 ;;
     batch*) tag=-b${lever#batch} extra=("data.batch_size=${lever#batch}") ;;
+    rank*) tag=-r${lever#rank} extra=("model.lora.r=${lever#rank}" "model.lora.lora_alpha=$((2 * ${lever#rank}))") ;;
     minwords*) tag=-mw${lever#minwords} extra=("data.min_words=${lever#minwords}") ;;
     steps2x) steps=$((2 * SIMCSE_STEPS))
              extra=(callbacks=sts_curve "callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))") ;;
