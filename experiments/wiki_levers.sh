@@ -22,7 +22,7 @@ DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
   LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8,instruction,minwords2,rank4}  # twelve fixture sentences
 fi
-LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5,rank64}
+LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
 
 # seed_dirs <setting dir>: the setting's run of each seed in SEEDS (the recipe's own setting has more
