@@ -216,7 +216,8 @@ class Sentences(StreamDataModule):
     """SimCSE data: unlabelled sentences (.txt lines, STS-style TSV sentence columns, or a hub dataset),
     duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts).
     `min_words`: sentences of fewer whitespace-separated words are dropped too (Wiki1M holds names,
-    headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives)."""
+    headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives;
+    dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README)."""
 
     def __init__(
         self,
@@ -245,7 +246,8 @@ class Sentences(StreamDataModule):
             if not kept:
                 raise ValueError(f"no sentence of {self.min_words} or more words in {self.files or self.hub}")
             if len(kept) < len(unique):
-                logger.info("sentences of fewer than %d words dropped: %d of %d", self.min_words, len(unique) - len(kept), len(unique))
+                dropped = len(unique) - len(kept)
+                logger.info("sentences of fewer than %d words dropped: %d of %d", self.min_words, dropped, len(unique))
             self.sentences = kept[: self.max_sentences]
 
     def global_batches(self, epoch: int, global_batch_size: int) -> list[list]:
