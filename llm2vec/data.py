@@ -245,8 +245,8 @@ class Sentences(StreamDataModule):
             kept = [text for text in unique if len(text.split()) >= self.min_words]
             if not kept:
                 raise ValueError(f"no sentence of {self.min_words} or more words in {self.files or self.hub}")
-            if len(kept) < len(unique):
-                dropped = len(unique) - len(kept)
+            dropped = len(unique) - len(kept)
+            if dropped:
                 logger.info("sentences of fewer than %d words dropped: %d of %d", self.min_words, dropped, len(unique))
             self.sentences = kept[: self.max_sentences]
 
