@@ -5,6 +5,7 @@
 # recipe keeps what wins on STS-B dev, then earns its seeds in wiki_recipe.sh). The SimCSE runs are
 # shared with the other sweeps. LEVERS (comma-separated):
 #   lr<x>        SimCSE peak learning rate x              dropout<x>  attention dropout x
+#   temperature<x>  SimCSE temperature x
 #   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data)
 #   minwords<n>  SimCSE on the Wiki1M sentences of n or more words (names and headings dropped)
 #   rank<n>      SimCSE LoRA rank n (alpha 2n, as the recipe's 16/32)
@@ -20,7 +21,7 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
-  LEVERS=${LEVERS:-lr1e-3,dropout0.1,mntp0,steps2x,batch8,instruction,minwords2,rank4}  # twelve fixture sentences
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,temperature0.2,mntp0,steps2x,batch8,instruction,minwords2,rank4}  # twelve fixture sentences
 fi
 LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
@@ -37,10 +38,11 @@ train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 mapfile -t runs < <(seed_dirs "$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")")
 for lever in ${LEVERS//,/ }; do
-  mntp=$MNTP_STEPS dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" extra=()
+  mntp=$MNTP_STEPS temperature=$TEMPERATURE dropout=$DROPOUT steps=$SIMCSE_STEPS tag="" extra=()
   case $lever in
     lr*) tag=-$lever extra=("stage.module.optimizer.lr=${lever#lr}") ;;
     dropout*) dropout=${lever#dropout} ;;
+    temperature*) temperature=${lever#temperature} ;;
     mntp0) mntp=0 ;;
     batch*) tag=-b${lever#batch} extra=("data.batch_size=${lever#batch}") ;;
     rank*) tag=-r${lever#rank} extra=("model.lora.r=${lever#rank}" "model.lora.lora_alpha=$((2 * ${lever#rank}))") ;;
@@ -50,9 +52,9 @@ for lever in ${LEVERS//,/ }; do
     instruction) tag=-instruction extra=("stage.module.instruction='$INSTRUCTION'") ;;
     *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
   esac
-  SIMCSE_STEPS=$steps SIMCSE_TAG=$tag train_simcse "$mntp" mean "$TEMPERATURE" "$dropout" 0.2 bert blank "${extra[@]}"
+  SIMCSE_STEPS=$steps SIMCSE_TAG=$tag train_simcse "$mntp" mean "$temperature" "$dropout" 0.2 bert blank "${extra[@]}"
   mapfile -t -O "${#runs[@]}" runs < <(seed_dirs \
-    "$(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag simcse_dir "$mntp" mean "$TEMPERATURE" "$dropout")")
+    "$(SIMCSE_STEPS=$steps SIMCSE_TAG=$tag simcse_dir "$mntp" mean "$temperature" "$dropout")")
 done
 if [[ ",$LEVERS," == *,instruction,* ]]; then
   # both encoders scored with the instruction, as a user evaluating on sts7 would
