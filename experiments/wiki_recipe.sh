@@ -8,6 +8,7 @@
 # Settings: experiments/common.sh.
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 experiments/wiki_recipe.sh
 #   MNTP_STEPS=250 SIMCSE_STEPS=250 TEMPERATURE=0.05 experiments/wiki_recipe.sh   # the paper's temperature
+#   MNTP_STEPS=0 SIMCSE_STEPS=125 experiments/wiki_recipe.sh    # no MNTP: Bi + SimCSE
 #   SMOKE=1 experiments/wiki_recipe.sh
 source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
@@ -19,7 +20,9 @@ if [ "$TEMPERATURE-$DROPOUT" != "0.05-0.3" ]; then
 fi
 OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS$SETTING
 
-train_mntp "$MNTP_STEPS"
+if [ "$MNTP_STEPS" != 0 ]; then
+  train_mntp "$MNTP_STEPS"
+fi
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 finish_runs  # evaluated next
 TRAINED=$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")
