@@ -146,7 +146,8 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     command_line = HydraConfig.get().overrides.task  # inherited by every step, minus what a step sets
     inherited = [o for o in command_line if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
     steps, init_from = [], None
-    for number, (stage, overrides) in enumerate(cfg.pipeline.items(), 1):
+    kept = [(stage, overrides) for stage, overrides in cfg.pipeline.items() if overrides is not None]
+    for number, (stage, overrides) in enumerate(kept, 1):
         step_dir = run_dir / f"{number}-{stage}"
         step_overrides = [*inherited, f"stage={stage}", *overrides, f"run_dir={step_dir}"]
         if init_from is not None:

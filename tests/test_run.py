@@ -101,6 +101,16 @@ def test_pipeline_runs_each_step_from_the_previous_one(run_app, tmp_path):
     assert (run_dir / "3-simcse" / "merged_adapters" / "00" / "adapter_model.safetensors").is_file()
 
 
+def test_a_null_pipeline_step_is_left_out(run_app, tmp_path):
+    run_dir = tmp_path / "pipeline"
+    run_app("experiment=smoke", "pipeline.mntp=null", run_dir=run_dir)
+    assert list(json.loads((run_dir / "metrics.json").read_text())) == ["bidirectional", "simcse"]
+    simcse = OmegaConf.load(run_dir / "2-simcse" / "config.yaml")
+    assert simcse.stage.init_from == simcse.model.base_model_name_or_path  # the bidirectional step trains nothing
+    assert simcse.bidirectional is True
+    assert not (run_dir / "3-simcse").exists()
+
+
 def test_wandb_offline_run_holds_the_metrics_and_config(run_app, tmp_path):
     run_dir = tmp_path / "wandb-run"
     run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2", "logger=wandb", "tags=[smoke-test]",
