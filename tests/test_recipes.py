@@ -30,7 +30,7 @@ def run_job(overrides: list[str]):
 
 STEPS = {  # the trained steps of each recipe and the data file each trains on
     "smollm2_wiki": {"2-mntp": "wikitext2_paragraphs.txt", "3-simcse": "wiki1m_first_11914.txt"},
-    "gemma3_wiki": {"2-simcse": "wiki1m_first_11914.txt"},  # no MNTP: it added nothing on Gemma-3
+    "gemma3_wiki": {"2-mntp": "wikitext2_paragraphs.txt", "3-simcse": "wiki1m_first_11914.txt"},
 }
 
 
