@@ -4,8 +4,8 @@
 # causes, both patched by amx_tile_config.patch (see its comments): GCC drops the stores to the
 # tile config built on the stack, and the config is loaded once per thread while oneDNN (torch)
 # loads its own in the same thread. This rebuilds only libggml-cpu from the installed version's
-# sdist (about 2 minutes on 2 cores) into a copy of the llama_cpp package:
-#   benchmarks/llama_cpp_amx/build.sh [OUT=/tmp/llama_cpp_amx]
+# sdist (about 1 minute on 2 cores) into a copy of the llama_cpp package:
+#   benchmarks/llama_cpp_amx/build.sh [out dir, default /tmp/llama_cpp_amx]
 #   PYTHONPATH=/tmp/llama_cpp_amx python benchmarks/encode.py --llama-cpp q8_0
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
