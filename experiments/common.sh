@@ -105,9 +105,12 @@ mntp_dir() {
   echo "$SHARED/mntp-$1steps-r${2:-0.2}-${3:-bert}-${4:-blank}"
 }
 
-# train_mntp <steps> [ratio strategy token]: the MNTP run of every seed (the model config's masking
-# recipe is SmolLM2's and the paper's: 0.2, BERT 80/10/10, the blank token).
+# train_mntp <steps: 0 = none> [ratio strategy token]: the MNTP run of every seed (the model config's
+# masking recipe is SmolLM2's and the paper's: 0.2, BERT 80/10/10, the blank token).
 train_mntp() {
+  if [ "$1" = 0 ]; then
+    return  # Bi + SimCSE: train_simcse starts from the base model
+  fi
   local dir
   dir=$(mntp_dir "$@")
   for seed in $SEED_LIST; do

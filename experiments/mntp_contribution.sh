@@ -12,9 +12,7 @@ DROPOUT=${DROPOUT:-0.3}
 
 runs=()
 for steps in ${MNTP_GRID//,/ }; do
-  if [ "$steps" != 0 ]; then
-    train_mntp "$steps"
-  fi
+  train_mntp "$steps"
   train_simcse "$steps" "$FIRST_POOLING" "$TEMPERATURE" "$DROPOUT"
   runs+=("$(simcse_dir "$steps" "$FIRST_POOLING" "$TEMPERATURE" "$DROPOUT")")
 done

@@ -20,9 +20,7 @@ if [ "$TEMPERATURE-$DROPOUT" != "0.05-0.3" ]; then
 fi
 OUT=$RUNS/wiki_recipe-$MODEL/mntp$MNTP_STEPS-simcse$SIMCSE_STEPS$SETTING
 
-if [ "$MNTP_STEPS" != 0 ]; then
-  train_mntp "$MNTP_STEPS"
-fi
+train_mntp "$MNTP_STEPS"
 train_simcse "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT"
 finish_runs  # evaluated next
 TRAINED=$(simcse_dir "$MNTP_STEPS" mean "$TEMPERATURE" "$DROPOUT")
