@@ -102,7 +102,7 @@ class LLM2Vec(nn.Module):
     def from_pretrained(
         cls,
         base_model_name_or_path: str,
-        peft_model_name_or_path: str | None = None,
+        peft_model_name_or_path: str | Sequence[str] | None = None,
         merge_peft: bool = False,
         enable_bidirectional: bool | None = None,
         pooling_mode: str | None = None,
@@ -112,8 +112,10 @@ class LLM2Vec(nn.Module):
     ) -> "LLM2Vec":
         """Load an encoder. `base_model_name_or_path` is a shipped model name (`smollm2-135m`,
         `gemma3-270m`), a GGUF file, a local directory, a hub id, or a directory written by `save`
-        (or by a training run). Arguments left as None take the saved encoder's values, else
-        bidirectional attention, mean pooling and 512 tokens."""
+        (or by a training run). `peft_model_name_or_path` is a peft adapter to load on top, or a
+        list of them, applied in order (each but the last merged before the next, as training stacks
+        them). Arguments left as None take the saved encoder's values, else bidirectional attention,
+        mean pooling and 512 tokens."""
         if pooling_mode is not None:
             check_pooling_mode(pooling_mode)
         saved, saved_root = {}, None
@@ -127,10 +129,12 @@ class LLM2Vec(nn.Module):
             base_model_name_or_path = saved["base_model_name_or_path"]
         elif Path(base_model_name_or_path).is_dir():
             _refuse_unfinished(Path(base_model_name_or_path))
-        if peft_model_name_or_path is not None:
-            if not Path(peft_model_name_or_path).exists() and looks_like_path(peft_model_name_or_path):
-                raise FileNotFoundError(f"peft_model_name_or_path {peft_model_name_or_path!r} does not exist")
-            adapters.append(str(peft_model_name_or_path))
+        if isinstance(peft_model_name_or_path, (str, Path)):
+            peft_model_name_or_path = [peft_model_name_or_path]
+        for adapter in peft_model_name_or_path or []:
+            if not Path(adapter).exists() and looks_like_path(str(adapter)):
+                raise FileNotFoundError(f"peft_model_name_or_path {str(adapter)!r} does not exist")
+            adapters.append(str(adapter))
         for adapter in adapters:
             check_adapter_dir(adapter)
 

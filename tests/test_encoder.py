@@ -178,9 +178,9 @@ def test_unidirectional_encoder_is_causal():
 # ----------------------------------------------------------------- save and load
 
 
-def _perturbed_lora(encoder: LLM2Vec) -> None:
+def _perturbed_lora(encoder: LLM2Vec, seed: int = 0) -> None:
     encoder.model = get_peft_model(encoder.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, parameter in encoder.model.named_parameters():
             if "lora_B" in name:
@@ -227,6 +227,24 @@ def test_peft_model_name_or_path_loads_an_adapter_directory(tmp_path):
     encoder.model.save_pretrained(tmp_path / "adapter")
     loaded = LLM2Vec.from_pretrained("tiny-random-qwen3", peft_model_name_or_path=str(tmp_path / "adapter"))
     np.testing.assert_allclose(loaded.encode(TEXTS), expected, atol=1e-5)
+
+
+def test_peft_model_name_or_path_takes_a_stack_of_adapters(tmp_path):
+    adapters = []
+    for index in range(2):
+        encoder = LLM2Vec.from_pretrained("tiny-random-qwen3")
+        _perturbed_lora(encoder, seed=index)
+        encoder.model.save_pretrained(tmp_path / f"adapter{index}")
+        adapters.append(str(tmp_path / f"adapter{index}"))
+    # the same stack built the way training builds it: the first merged and saved, the second on top
+    LLM2Vec.from_pretrained("tiny-random-qwen3", peft_model_name_or_path=adapters[0], merge_peft=True).save(
+        tmp_path / "first")
+    expected = LLM2Vec.from_pretrained(str(tmp_path / "first"), peft_model_name_or_path=adapters[1]).encode(TEXTS)
+    stacked = LLM2Vec.from_pretrained("tiny-random-qwen3", peft_model_name_or_path=adapters)
+    assert stacked.merged_adapters == adapters[:1]
+    np.testing.assert_allclose(stacked.encode(TEXTS), expected, atol=1e-5)
+    assert not np.allclose(expected, LLM2Vec.from_pretrained("tiny-random-qwen3", peft_model_name_or_path=adapters[1])
+                           .encode(TEXTS), atol=1e-3)  # the first adapter counts
 
 
 def test_save_and_load_restores_latent_attention_weights(tmp_path):
