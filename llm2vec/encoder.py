@@ -59,6 +59,14 @@ def _is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def saved_adapter_stack(root: Path, config: dict) -> list[str]:
+    """The adapters of the encoder saved in `root` (its `config`), in the order they apply."""
+    stack = [str(root / name) for name in config.get("merged_adapters", [])]
+    if _is_adapter(root):
+        stack.append(str(root))
+    return stack
+
+
 def _refuse_unfinished(path: Path) -> None:
     """A folder that looks like an encoder's but has no llm2vec_config.json is never read as a base model."""
     if _is_adapter(path):
@@ -123,9 +131,7 @@ class LLM2Vec(nn.Module):
         if is_saved_encoder(base_model_name_or_path):
             saved_root = Path(base_model_name_or_path)
             saved = read_config(saved_root)  # refuses a damaged or incomplete save, naming the file
-            adapters = [str(saved_root / a) for a in saved.get("merged_adapters", [])]
-            if _is_adapter(saved_root):
-                adapters.append(str(saved_root))
+            adapters = saved_adapter_stack(saved_root, saved)
             base_model_name_or_path = saved["base_model_name_or_path"]
         elif Path(base_model_name_or_path).is_dir():
             _refuse_unfinished(Path(base_model_name_or_path))

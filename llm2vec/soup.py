@@ -22,8 +22,8 @@ from typing import Sequence
 import torch
 from peft import PeftModel
 
-from llm2vec.encoder import POOLING_WEIGHTS, LLM2Vec, is_saved_encoder
-from llm2vec.encoder_files import ADAPTER_CONFIG, EncoderFilesError, read_config
+from llm2vec.encoder import POOLING_WEIGHTS, LLM2Vec, is_saved_encoder, saved_adapter_stack
+from llm2vec.encoder_files import EncoderFilesError, read_config
 from llm2vec.loading import load_decoder
 
 # What the encoders of one soup must share: only their weights are averaged.
@@ -41,7 +41,7 @@ def soup(encoder_dirs: Sequence[str | Path], out: str | Path, **hf_kwargs) -> Pa
         for level in range(len(stacks[0])):
             model, adapter = mean_adapter(model, [stack[level] for stack in stacks], Path(tmp) / f"{level:02d}")
             levels.append(adapter)
-        del model
+        del model  # from_pretrained loads the base again and stacks the levels as for any saved encoder
         encoder = LLM2Vec.from_pretrained(
             base, peft_model_name_or_path=levels, pooling_mode=settings["pooling_mode"],
             max_length=settings["max_length"], enable_bidirectional=settings["enable_bidirectional"],
@@ -51,7 +51,7 @@ def soup(encoder_dirs: Sequence[str | Path], out: str | Path, **hf_kwargs) -> Pa
         return encoder.save(out)  # copies the merged levels out of tmp
 
 
-def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[Path]]]:
+def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
     """The settings the encoders share, and each one's adapter stack (merged ones first)."""
     if len(encoder_dirs) < 2:
         raise ValueError(f"a soup needs at least 2 encoders, got {len(encoder_dirs)}")
@@ -66,7 +66,7 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[Path]]]:
                        for key in SHARED_SETTINGS if config.get(key) != configs[0].get(key)]
         if differences:
             raise ValueError(f"{encoder_dir} and {encoder_dirs[0]} cannot share a soup: {', '.join(differences)}")
-    stacks = [adapter_stack(d, c) for d, c in zip(encoder_dirs, configs)]
+    stacks = [saved_adapter_stack(d, c) for d, c in zip(encoder_dirs, configs)]
     depths = [len(stack) for stack in stacks]
     if min(depths) == 0 or len(set(depths)) > 1:
         raise ValueError(f"the encoders' adapter stacks must have one depth of at least 1 (got {depths}): "
@@ -74,20 +74,13 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[Path]]]:
     return {key: configs[0].get(key) for key in SHARED_SETTINGS}, stacks
 
 
-def adapter_stack(encoder_dir: Path, config: dict) -> list[Path]:
-    stack = [encoder_dir / name for name in config.get("merged_adapters", [])]
-    if (encoder_dir / ADAPTER_CONFIG).is_file():
-        stack.append(encoder_dir)
-    return stack
-
-
-def mean_adapter(model, adapters: list[Path], out: Path) -> tuple[torch.nn.Module, Path]:
+def mean_adapter(model, adapters: list[str], out: Path) -> tuple[torch.nn.Module, Path]:
     """Save the 1/n-weighted `cat` combination of `adapters` under `out`; return the model without
     adapters again, and the combined adapter's folder."""
     names = [f"encoder{index}" for index in range(len(adapters))]
-    peft_model = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
+    peft_model = PeftModel.from_pretrained(model, adapters[0], adapter_name=names[0])
     for name, adapter in zip(names[1:], adapters[1:]):
-        peft_model.load_adapter(str(adapter), adapter_name=name)
+        peft_model.load_adapter(adapter, adapter_name=name)
     peft_model.add_weighted_adapter(names, [1 / len(names)] * len(names), SOUP_ADAPTER, combination_type="cat")
     peft_model.save_pretrained(str(out), selected_adapters=[SOUP_ADAPTER])  # into out/<adapter name>
     return peft_model.unload(), out / SOUP_ADAPTER
