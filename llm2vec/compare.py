@@ -8,7 +8,8 @@ A run dir is what run.py writes: `metrics.json`, `config.yaml` (resolved), `.hyd
 columns; plots: score against every numeric swept key (e.g. mask ratio), grouped bars for two
 categorical keys (e.g. pooling x variant), and the training loss curves.
 
-Seeds: runs whose overrides differ only in `seed` (e.g. a sweep with `seed=1,2,3`) form one row:
+Seeds: runs whose overrides differ only in `seed` (e.g. a sweep with `seed=1,2,3`) form one row
+(`resume` and `stage.module.mini_batch_size` are ignored: they change how a run executes):
 the mean of each metric over seeds, `n`, and for the score (STS test Spearman, else the first
 Spearman or probe accuracy) its standard deviation and 95% t interval over seeds. The best row is
 the one with the highest mean score; every other row gets its difference to the best, with a 95%
@@ -37,6 +38,10 @@ from llm2vec.confidence import BOOTSTRAP_SAMPLES, SeedStats, paired_bootstrap_di
 
 SCORE_SUFFIXES = (".spearman", ".accuracy")
 PREDICTIONS_FILE = "sts_predictions.json"  # written by llm2vec.evaluation for STS evaluations
+# Overrides that change how a run executes, not what it trains, so they do not split a setting: a
+# resumed run continues the same training (its data order and random state come from the checkpoint),
+# and gradient caching gives the full batch's loss and gradients (llm2vec.gradient_cache).
+EXECUTION_KEYS = ("resume", "stage.module.mini_batch_size")
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -63,6 +68,8 @@ def read_run(run_dir: Path) -> dict:
     swept = dict(item.split("=", 1) for item in overrides if "=" in item)
     swept = {key.lstrip("+~"): value for key, value in swept.items()}
     seed = swept.pop("seed", None)
+    for key in EXECUTION_KEYS:
+        swept.pop(key, None)
     if seed is None and (run_dir / "config.yaml").is_file():
         seed = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("seed")
     metrics = _flatten(json.loads((run_dir / "metrics.json").read_text()))

@@ -174,3 +174,21 @@ def test_seed_groups_intervals_and_the_paired_bootstrap(tmp_path):
     assert "class='best'" in page and "class='overlaps'" in page and "paired bootstrap" in page
     assert "seeds 1, 2, 3" in written["markdown"].read_text()
     assert (tmp_path / "out" / "bars_variant.png").is_file()
+
+
+def test_resumed_and_gradient_cached_runs_join_their_setting(tmp_path):
+    """`resume=true` and gradient caching change how a run executes, not what it trains: such a seed
+    stays in its setting's row; a real change (the batch size) still makes a row of its own."""
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    fake_run(sweep, ["data.batch_size=64", "seed=1"], 70.0, [1.0])
+    fake_run(sweep, ["data.batch_size=64", "seed=2", "resume=true", "stage.module.mini_batch_size=32"], 72.0, [1.0])
+    fake_run(sweep, ["data.batch_size=64", "seed=3", "stage.module.mini_batch_size=32"], 74.0, [1.0])
+    fake_run(sweep, ["data.batch_size=32", "seed=1"], 60.0, [1.0])
+    written = compare([sweep], tmp_path / "out")
+    rows = list(csv.reader(written["csv"].open()))
+    header, body = rows[0], {cells[0]: cells for cells in rows[1:]}
+    assert header[0] == "data.batch_size" and "resume" not in header
+    assert "stage.module.mini_batch_size" not in header and set(body) == {"64", "32"}
+    assert body["64"][header.index("n")] == "3"
+    assert float(body["64"][header.index("STSB-test.spearman")]) == pytest.approx(72.0)
