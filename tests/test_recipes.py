@@ -48,3 +48,19 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
     assert score is not None and -100 <= score <= 100
     assert "STS-tiny" in json.loads((eval_dir / "metrics.json").read_text())
+
+
+def simcse_step(experiment: str):
+    """The SimCSE step of a recipe's pipeline, composed as run.py composes it."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        recipe = compose_config([f"experiment={experiment}"])
+        return compose_config([f"experiment={experiment}", "stage=simcse", *recipe.pipeline.simcse])
+
+
+def test_the_batch_64_recipe_is_gemma3_wiki_with_64_sentences_embedded_32_at_a_time():
+    base, b64 = simcse_step("gemma3_wiki"), simcse_step("gemma3_wiki_b64")
+    assert (base.data.batch_size, base.stage.module.mini_batch_size) == (32, None)
+    assert (b64.data.batch_size, b64.stage.module.mini_batch_size) == (64, 32)
+    for key in ("data.files", "data.group_by_length", "stage.max_steps", "stage.module.optimizer.lr",
+                "stage.module.temperature", "stage.module.attention_dropout", "model", "pooling", "max_length"):
+        assert OmegaConf.select(b64, key) == OmegaConf.select(base, key), key
