@@ -6,7 +6,8 @@
 # shared with the other sweeps. LEVERS (comma-separated):
 #   lr<x>        SimCSE peak learning rate x              dropout<x>  attention dropout x
 #   temperature<x>  SimCSE temperature x
-#   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data)
+#   mntp0        SimCSE on Bi, no MNTP                    batch<n>    n sentences a batch (n/32 x the data,
+#                                                                     embedded 32 at a time)
 #   minwords<n>  SimCSE on the Wiki1M sentences of n or more words (names and headings dropped)
 #   rank<n>      SimCSE LoRA rank n (alpha 2n, as the recipe's 16/32)
 #   steps2x      twice the SimCSE steps, the STS-B scores every SIMCSE_STEPS/2 steps (the score-vs-minutes curve)
@@ -44,7 +45,10 @@ for lever in ${LEVERS//,/ }; do
     dropout*) dropout=${lever#dropout} ;;
     temperature*) temperature=${lever#temperature} ;;
     mntp0) mntp=0 ;;
-    batch*) tag=-b${lever#batch} extra=("data.batch_size=${lever#batch}") ;;
+    batch*) tag=-b${lever#batch} extra=("data.batch_size=${lever#batch}")
+            # past 32, gradient caching: the same batch in the memory of 32 (Gemma-3's batches of 64
+            # passed 24 GB without it)
+            if [ "${lever#batch}" -gt 32 ]; then extra+=(stage.module.mini_batch_size=32); fi ;;
     rank*) tag=-r${lever#rank} extra=("model.lora.r=${lever#rank}" "model.lora.lora_alpha=$((2 * ${lever#rank}))") ;;
     minwords*) tag=-mw${lever#minwords} extra=("data.min_words=${lever#minwords}") ;;
     steps2x) steps=$((2 * SIMCSE_STEPS))
