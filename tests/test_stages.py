@@ -183,6 +183,21 @@ def test_simcse_refuses_an_empty_instruction():
         simcse(instruction=" ")
 
 
+def test_simcse_word_repetition_lengthens_the_second_view_only_and_repeats_itself():
+    module = simcse(word_repetition=0.5)
+    sentences = ["one two three four five six seven eight nine ten"] * 8 + SENTENCES
+    views = module.second_views(sentences)
+    assert views == module.second_views(sentences)  # a batch embedded twice (gradient caching) gets the same views
+    assert all(len(view.split()) >= len(s.split()) for view, s in zip(views, sentences))
+    assert any(view != s for view, s in zip(views, sentences))
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        assert module.second_views(sentences) != views  # another run seed, other words repeated
+    assert simcse().second_views(sentences) == sentences  # off by default
+    with pytest.raises(ValueError, match="word_repetition"):
+        simcse(word_repetition=1.5)
+
+
 def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():
     module = simcse(pooling_mode="weighted_mean")
     module.eval()

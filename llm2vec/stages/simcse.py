@@ -8,14 +8,21 @@ With `instruction`, the first view of every sentence carries it ([instruction, s
 to, never pooled) and the second does not, so the loss asks for a text's embedding alike with and
 without the instruction. Meant to spare an encoder the points an instruction at evaluation costs; on
 SmolLM2 with Wiki1M it lost on both counts (README, "Wikipedia only").
+
+With `word_repetition` (a rate, ESimCSE's 0.32), the second view repeats a few of its words
+(`llm2vec.augmentation`), so the two views no longer share their length. Which words is drawn from
+the run's seed, the step and the sentence: a batch embedded twice (gradient caching) gets the same
+views, and a resumed run the same ones as before.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
 
+from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
 from llm2vec.stages.base import set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
@@ -34,19 +41,29 @@ class SimCSE(ContrastiveStage):
         compile_layers: bool = False,
         mini_batch_size: int | None = None,
         instruction: str | None = None,
+        word_repetition: float = 0.0,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
+        if not 0.0 <= word_repetition <= 1.0:
+            raise ValueError(f"word_repetition {word_repetition!r} must be a rate between 0 and 1 (0: off)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size)
         set_attention_dropout(encoder.model, attention_dropout)
         self.instruction = instruction
+        self.word_repetition = word_repetition
 
     def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
         first_views = sentences if self.instruction is None else [[self.instruction, s] for s in sentences]
-        first, second = self.embed(first_views + sentences).chunk(2)
+        first, second = self.embed(first_views + self.second_views(sentences)).chunk(2)
         return first, second
+
+    def second_views(self, sentences: list[str]) -> list[str]:
+        if not self.word_repetition:
+            return sentences
+        seed = f"{torch.initial_seed()}:{self.global_step}"
+        return [repeat_words(s, self.word_repetition, random.Random(f"{seed}:{s}")) for s in sentences]
 
     def batch_loss(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         return self.loss(first, second)
