@@ -1,0 +1,29 @@
+"""experiments/layer_profile.py: one embedding per layer, the last one exactly the encoder's own."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from llm2vec import LLM2Vec
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "layer_profile.py"
+TEXTS = ["A man plays a guitar.", "Kids play.", "The river floods the village after the rain."]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("layer_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_last_layer_of_the_profile_is_the_encoders_embedding():
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama").eval()
+    layers = load_script().layer_embeddings(encoder, TEXTS, batch_size=2)
+    assert layers.shape == (encoder.model.config.num_hidden_layers + 1, len(TEXTS), encoder.model.config.hidden_size)
+    expected = encoder.encode(TEXTS, convert_to_tensor=True).float()
+    assert torch.allclose(layers[-1], expected, atol=1e-4)
+    assert not torch.allclose(layers[0], layers[-1], atol=1e-2)
