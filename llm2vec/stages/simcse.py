@@ -12,7 +12,8 @@ SmolLM2 with Wiki1M it lost on both counts (README, "Wikipedia only").
 With `word_repetition` (a rate, ESimCSE's 0.32), the second view repeats a few of its words
 (`llm2vec.augmentation`), so the two views no longer share their length. Which words is drawn from
 the run's seed, the step and the sentence: a batch embedded twice (gradient caching) gets the same
-views, and a resumed run the same ones as before.
+views, and a resumed run the same ones as before. On Gemma-3-270M with Wiki1M it tied SimCSE without
+it over three seeds (README, "Three more levers").
 """
 
 from __future__ import annotations
