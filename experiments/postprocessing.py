@@ -45,7 +45,10 @@ def main() -> None:
     encoder = LLM2Vec.from_pretrained(args.encoder).eval()
     wiki = [line.strip() for line in (DATA / "wiki" / "wiki1m_first_11914.txt").open(encoding="utf-8") if line.strip()]
     random.Random(0).shuffle(wiki)
-    embed = lambda texts: encoder.encode(texts, batch_size=64, show_progress_bar=False).astype(np.float64)  # noqa: E731
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return encoder.encode(texts, batch_size=64, show_progress_bar=False).astype(np.float64)
+
     ways = transforms(embed(wiki[: args.fit_sentences]))
     for split in args.splits:
         pairs = load_sts(DATA / "sts" / f"STSB-{split}.tsv", split=split)
