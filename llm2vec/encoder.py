@@ -5,7 +5,7 @@
     encoder.save("my-encoder")          # from_pretrained("my-encoder") restores it
 
 A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling, max length,
-attention), the trainable peft adapter (plain peft files at the top level), the adapters that were
+attention, template), the trainable peft adapter (plain peft files at the top level), the adapters that were
 merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling weights
 when the pooling mode has any.
 """
@@ -89,6 +89,7 @@ class LLM2Vec(nn.Module):
         merged_adapters: Sequence[str] = (),
         pooling: Pooling | None = None,
         echo: bool = False,
+        template: str | None = None,
     ):
         super().__init__()
         self.model = model
@@ -101,6 +102,10 @@ class LLM2Vec(nn.Module):
         # Echo embeddings (Springer et al., 2024): the text twice, pooling over the second copy,
         # which a causal model reads having seen the whole text once.
         self.echo = echo
+        # A prompt around every text (PromptBERT, Jiang et al. 2022; PromptEOL, Jiang et al. 2023):
+        # its part before "{text}" is attended to, never pooled; its part after is pooled with the text.
+        self.template = None if template == "{text}" else template  # "{text}": no template
+        self._template_ids = _template_ids(tokenizer, self.template, echo)
         self._warned_truncation = False
         self.set_bidirectional(enable_bidirectional)
         self._adds_bos = _tokenizer_adds_bos(tokenizer)
@@ -116,14 +121,16 @@ class LLM2Vec(nn.Module):
         pooling_mode: str | None = None,
         max_length: int | None = None,
         echo: bool | None = None,
+        template: str | None = None,
         **hf_kwargs,
     ) -> "LLM2Vec":
         """Load an encoder. `base_model_name_or_path` is a shipped model name (`smollm2-135m`,
         `gemma3-270m`), a GGUF file, a local directory, a hub id, or a directory written by `save`
         (or by a training run). `peft_model_name_or_path` is a peft adapter to load on top, or a
         list of them, applied in order (each but the last merged before the next, as training stacks
-        them). Arguments left as None take the saved encoder's values, else bidirectional attention,
-        mean pooling and 512 tokens."""
+        them). `template` wraps every text ("{text}" marks where): what comes after "{text}" is pooled
+        with the text, what comes before is not. Arguments left as None take the saved encoder's values,
+        else bidirectional attention, mean pooling, 512 tokens and no template ("{text}")."""
         if pooling_mode is not None:
             check_pooling_mode(pooling_mode)
         saved, saved_root = {}, None
@@ -168,6 +175,7 @@ class LLM2Vec(nn.Module):
             enable_bidirectional=_first_set(enable_bidirectional, saved.get("enable_bidirectional"), True),
             base_model_name_or_path=base_model_name_or_path,
             echo=_first_set(echo, saved.get("echo"), False),
+            template=_first_set(template, saved.get("template")),
             merged_adapters=merged,
         )
         pooling_file = saved_root / POOLING_WEIGHTS if saved_root else None
@@ -203,6 +211,7 @@ class LLM2Vec(nn.Module):
                 "enable_bidirectional": self.bidirectional,
                 "merged_adapters": merged_dirs,
                 "echo": self.echo,
+                "template": self.template,
                 "base_model": base_fingerprint(self.model),  # what the adapters fit
                 "files": manifest(staging, loaded),  # sizes and hashes, checked on load
             }
@@ -248,14 +257,17 @@ class LLM2Vec(nn.Module):
         return pack_sequences(sequences, self.tokenizer.pad_token_id)
 
     def _token_ids(self, items: Sequence[str | Sequence[str]]) -> list[tuple[list[int], list[int]]]:
-        """Per item, (BOS + instruction ids, text ids [+ EOS]), the text truncated to max_length."""
+        """Per item, (BOS + instruction ids + template head, text ids + template tail [+ EOS]), the
+        text truncated to max_length."""
         instructions, texts = zip(*(_split_item(item) for item in _check_items(items)))
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         instruction_ids = self._instruction_ids(instructions)
         prefix = [self.tokenizer.bos_token_id] if self._adds_bos else []
-        suffix = [self.tokenizer.eos_token_id] if self.pooling_mode == "eos_token" else []
+        template_head, template_tail = self._template_ids
+        suffix = template_tail + ([self.tokenizer.eos_token_id] if self.pooling_mode == "eos_token" else [])
         sequences = []
         for instruction, text in zip(instruction_ids, text_ids):
+            instruction = instruction + template_head
             room = self.max_length - len(prefix) - len(instruction) - len(suffix)
             if self.echo:
                 room //= 2
@@ -399,6 +411,19 @@ def _batches(order: np.ndarray, lengths: list[int], batch_size: int, max_batch_t
     return batches
 
 
+def _template_ids(tokenizer, template: str | None, echo: bool) -> tuple[list[int], list[int]]:
+    """The token ids of a template's part before "{text}" and after it (none without a template)."""
+    if template is None:
+        return [], []
+    if not isinstance(template, str) or template.count("{text}") != 1:
+        raise ValueError(f"template {template!r} must be a text holding {{text}} once, where each text goes")
+    if echo:
+        raise ValueError("a template and echo embeddings do not combine: choose one")
+    head, tail = template.split("{text}")
+    # Tokenized apart from the text, so a text's own tokens are the same with and without a template.
+    return [tokenizer(part, add_special_tokens=False)["input_ids"] if part else [] for part in (head, tail)]
+
+
 def _split_item(item: str | Sequence[str]) -> tuple[str, str]:
     if isinstance(item, str):
         return "", item
@@ -439,7 +464,7 @@ def _tokenizer_adds_bos(tokenizer) -> bool:
 
 
 def _first_set(*values):
-    return next(v for v in values if v is not None)
+    return next((v for v in values if v is not None), None)
 
 
 def _hf_kwargs(hf_kwargs: dict) -> dict:

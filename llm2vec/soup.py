@@ -27,7 +27,8 @@ from llm2vec.encoder_files import EncoderFilesError, read_config
 from llm2vec.loading import load_decoder
 
 # What the encoders of one soup must share: only their weights are averaged.
-SHARED_SETTINGS = ("base_model_name_or_path", "pooling_mode", "max_length", "enable_bidirectional", "echo")
+SHARED_SETTINGS = ("base_model_name_or_path", "pooling_mode", "max_length", "enable_bidirectional", "echo",
+                   "template")
 SOUP_ADAPTER = "soup"
 
 
@@ -45,7 +46,7 @@ def soup(encoder_dirs: Sequence[str | Path], out: str | Path, **hf_kwargs) -> Pa
         encoder = LLM2Vec.from_pretrained(
             base, peft_model_name_or_path=levels, pooling_mode=settings["pooling_mode"],
             max_length=settings["max_length"], enable_bidirectional=settings["enable_bidirectional"],
-            echo=settings["echo"], **hf_kwargs)
+            echo=settings["echo"], template=settings["template"], **hf_kwargs)
         if any(True for _ in encoder.pooling.parameters()):
             encoder.pooling.load_state_dict(mean_pooling_weights(encoder_dirs))
         return encoder.save(out)  # copies the merged levels out of tmp
