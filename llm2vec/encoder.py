@@ -5,9 +5,9 @@
     encoder.save("my-encoder")          # from_pretrained("my-encoder") restores it
 
 A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling, max length,
-attention, template), the trainable peft adapter (plain peft files at the top level), the adapters that were
-merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling weights
-when the pooling mode has any.
+attention, template), the trainable peft adapter (plain peft files at the top level), the adapters
+that were merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling
+weights when the pooling mode has any.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class LLM2Vec(nn.Module):
         # A prompt around every text (PromptBERT, Jiang et al. 2022; PromptEOL, Jiang et al. 2023):
         # its part before "{text}" is attended to, never pooled; its part after is pooled with the text.
         self.template = None if template == "{text}" else template  # "{text}": no template
-        self._template_ids = _template_ids(tokenizer, self.template, echo)
+        _template_ids(tokenizer, self.template, echo)  # refuses a bad template now, not at the first encode
         self._warned_truncation = False
         self.set_bidirectional(enable_bidirectional)
         self._adds_bos = _tokenizer_adds_bos(tokenizer)
@@ -263,7 +263,7 @@ class LLM2Vec(nn.Module):
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         instruction_ids = self._instruction_ids(instructions)
         prefix = [self.tokenizer.bos_token_id] if self._adds_bos else []
-        template_head, template_tail = self._template_ids
+        template_head, template_tail = _template_ids(self.tokenizer, self.template, self.echo)
         suffix = template_tail + ([self.tokenizer.eos_token_id] if self.pooling_mode == "eos_token" else [])
         sequences = []
         for instruction, text in zip(instruction_ids, text_ids):

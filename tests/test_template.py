@@ -76,6 +76,8 @@ def test_the_template_is_saved_and_can_be_switched_off(tmp_path):
     torch.testing.assert_close(restored.encode(TEXT, convert_to_tensor=True), encoder.encode(TEXT, convert_to_tensor=True))
     off = LLM2Vec.from_pretrained(str(tmp_path / "saved"), template="{text}")
     assert off.template is None
+    restored.template = None  # set on a loaded encoder, it takes effect at once
+    assert torch.equal(restored.tokenize([TEXT])["input_ids"], off.tokenize([TEXT])["input_ids"])
     torch.testing.assert_close(off.encode(TEXT, convert_to_tensor=True),
                                LLM2Vec.from_pretrained("tiny-random-llama").encode(TEXT, convert_to_tensor=True))
 
