@@ -45,6 +45,9 @@ class ContrastiveLoss(nn.Module):
     stay local, so each process computes its own queries' loss and the usual gradient averaging
     gives the gradient of the global mean. Every process must have the same batch size (drop the
     last incomplete batch). `temperature` is the inverse of the official library's `loss_scale`.
+
+    `memory`: more negatives that carry no gradient and are not gathered, such as the documents of
+    earlier batches (SimCSE's `queue_size`); under DDP each process keeps and passes its own.
     """
 
     def __init__(self, temperature: float = 0.05):
@@ -54,11 +57,17 @@ class ContrastiveLoss(nn.Module):
         self.temperature = temperature
 
     def forward(
-        self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        queries: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         documents = gather_with_grad(positives)
         if negatives is not None:
             documents = torch.cat([documents, gather_with_grad(negatives)])
+        if memory is not None:
+            documents = torch.cat([documents, memory.detach().to(documents)])
         scores = F.normalize(queries.float(), dim=-1) @ F.normalize(documents.float(), dim=-1).T
         targets = torch.arange(len(queries), device=queries.device) + distributed_rank() * len(queries)
         return F.cross_entropy(scores / self.temperature, targets)

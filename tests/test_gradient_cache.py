@@ -100,6 +100,20 @@ def test_simcse_with_dropout_gets_the_full_batch_loss_and_gradients(packed, atte
     assert_equal_gradients(actual, expected)
 
 
+def test_simcse_queue_is_read_and_filled_once_per_cached_step():
+    module = simcse(mini_batch_size=4, queue_size=12)
+    memory = torch.randn(5, module.encoder.model.config.hidden_size)
+    module.queue = memory
+    expected_loss, expected = full_batch(module, SENTENCES, 4)
+    expected_queue, module.queue = module.queue, memory
+    loss, actual = step(module, SENTENCES)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    assert_equal_gradients(actual, expected)
+    assert module.queue.shape[0] == 12  # the 2 newest of the memory, then the batch's 10 second views
+    torch.testing.assert_close(module.queue, expected_queue)
+    torch.testing.assert_close(module.queue[:2], memory[-2:])
+
+
 def test_simcse_with_dropout_and_gradient_checkpointing_gets_the_full_batch_gradients():
     module = simcse(mini_batch_size=4, gradient_checkpointing=True, lora={**LORA, "lora_dropout": 0.1})
     expected_loss, expected = full_batch(module, SENTENCES, 4)

@@ -39,6 +39,21 @@ def test_hard_negatives_join_the_candidates_hand_computed():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_memory_joins_the_candidates_hand_computed_and_takes_no_gradient():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    positives = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    memory = torch.tensor([[0.0, 3.0], [-2.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    r = 1 / math.sqrt(2)
+    # candidates per query: p0, p1, then the memory's three (cosines / 0.1)
+    row0 = [1 / 0.1, r / 0.1, 0.0, -1 / 0.1, r / 0.1]
+    row1 = [0.0, r / 0.1, 1 / 0.1, 0.0, r / 0.1]
+    expected = (cross_entropy(row0, 0) + cross_entropy(row1, 1)) / 2
+    loss = ContrastiveLoss(temperature=0.1)(queries, positives, memory=memory)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert queries.grad is not None and memory.grad is None
+
+
 def test_gather_is_the_identity_without_distributed():
     x = torch.randn(3, 4, requires_grad=True)
     assert gather_with_grad(x) is x

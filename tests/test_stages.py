@@ -198,6 +198,49 @@ def test_simcse_word_repetition_lengthens_the_second_view_only_and_repeats_itsel
         simcse(word_repetition=1.5)
 
 
+def test_simcse_queue_adds_the_latest_second_views_as_negatives():
+    module = simcse(queue_size=6)
+    first, second = torch.randn(4, 8), torch.randn(4, 8)
+    assert module.batch_loss(first, second) == module.loss(first, second)  # the first step has no queue
+    torch.testing.assert_close(module.queue, second)
+    later_first, later_second = torch.randn(4, 8), torch.randn(4, 8)
+    expected = module.loss(later_first, later_second, memory=second)
+    torch.testing.assert_close(module.batch_loss(later_first, later_second), expected)
+    torch.testing.assert_close(module.queue, torch.cat([second[-2:], later_second]))  # the newest 6, newest last
+    plain = simcse()
+    plain.batch_loss(first, second)
+    assert plain.queue is None  # off by default
+    with pytest.raises(ValueError, match="queue_size"):
+        simcse(queue_size=-1)
+
+
+def test_a_resumed_simcse_run_keeps_its_queue(tmp_path):
+    def fresh():
+        torch.manual_seed(0)  # the same fresh LoRA
+        return simcse(queue_size=8)
+
+    def fit(module, steps, checkpoint=None):
+        losses = []
+        module.log_step = lambda loss, batch_size: losses.append(loss.item())
+        trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False)
+        batches = DataLoader([SENTENCES] * steps, batch_size=None)  # the same batch: the position needs no resuming
+        trainer.fit(module, train_dataloaders=batches, ckpt_path=checkpoint)
+        return trainer, losses
+
+    _, uninterrupted = fit(fresh(), 3)
+    trainer, _ = fit(fresh(), 2)
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    _, resumed = fit(fresh(), 3, tmp_path / "step2.ckpt")
+    assert resumed == pytest.approx(uninterrupted[2:], rel=1e-5)
+    checkpoint = torch.load(tmp_path / "step2.ckpt", weights_only=False)
+    assert checkpoint["simcse_queue"][0].shape == (8, 64)  # 2 steps of 4 sentences, tiny-random-llama width
+    del checkpoint["simcse_queue"]  # a run that lost its queue would train on other negatives
+    torch.save(checkpoint, tmp_path / "no_queue.ckpt")
+    _, forgetful = fit(fresh(), 3, tmp_path / "no_queue.ckpt")
+    assert forgetful[0] != pytest.approx(uninterrupted[2], rel=1e-3)
+
+
 def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():
     module = simcse(pooling_mode="weighted_mean")
     module.eval()

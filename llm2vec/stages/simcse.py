@@ -14,6 +14,12 @@ With `word_repetition` (a rate, ESimCSE's 0.32), the second view repeats a few o
 the run's seed, the step and the sentence: a batch embedded twice (gradient caching) gets the same
 views, and a resumed run the same ones as before. On Gemma-3-270M with Wiki1M it tied SimCSE without
 it over three seeds (README, "Three more levers").
+
+With `queue_size`, the second views of the latest batches (up to that many, detached) join every
+query's negatives: more negatives at no extra compute, a cross-batch memory (Wang et al., 2020, XBM)
+in place of a larger batch. ESimCSE (Wu et al., 2022) and MoCo fill such a queue from a momentum
+encoder; here it holds the trained encoder's own recent embeddings, which LoRA's small steps keep
+close to the current ones. The queue travels in checkpoints, so a resumed run sees the same negatives.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 
 from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
-from llm2vec.stages.base import set_attention_dropout
+from llm2vec.stages.base import gather_from_all_processes, set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
 
 
@@ -43,16 +49,21 @@ class SimCSE(ContrastiveStage):
         mini_batch_size: int | None = None,
         instruction: str | None = None,
         word_repetition: float = 0.0,
+        queue_size: int = 0,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
         if not 0.0 <= word_repetition <= 1.0:
             raise ValueError(f"word_repetition {word_repetition!r} must be a rate between 0 and 1 (0: off)")
+        if queue_size < 0:
+            raise ValueError(f"queue_size {queue_size!r} must be a number of earlier sentences (0: off)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size)
         set_attention_dropout(encoder.model, attention_dropout)
         self.instruction = instruction
         self.word_repetition = word_repetition
+        self.queue_size = queue_size
+        self.queue: torch.Tensor | None = None  # recent second views, detached, the newest last
 
     def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
@@ -67,7 +78,24 @@ class SimCSE(ContrastiveStage):
         return [repeat_words(s, self.word_repetition, random.Random(f"{seed}:{s}")) for s in sentences]
 
     def batch_loss(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        return self.loss(first, second)
+        # Called once per training step (with gradient caching too, on the whole batch).
+        loss = self.loss(first, second, memory=self.queue)
+        if self.queue_size:
+            recent = second.detach().float()
+            if self.queue is not None:
+                recent = torch.cat([self.queue.to(recent.device), recent])
+            self.queue = recent[-self.queue_size :]
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.queue_size:  # every process keeps its own queue
+            checkpoint["simcse_queue"] = gather_from_all_processes(None if self.queue is None else self.queue.cpu())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        queues = checkpoint.get("simcse_queue", [])
+        self.queue = queues[self.global_rank] if self.queue_size and self.global_rank < len(queues) else None
 
     def batch_size(self, sentences: list[str]) -> int:
         return len(sentences)
