@@ -285,12 +285,13 @@ def test_compiling_a_model_without_decoder_layers_is_refused():
         compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
-def test_without_a_cpp_compiler_cpu_training_stays_eager(monkeypatch, caplog):
+def test_without_a_cpp_compiler_cpu_training_stays_eager(caplog):
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "no-such-compiler++"))
     module = simcse()
-    assert compile_decoder_layers(module.encoder.model) == 0
+    # The config's own patch: pytest's monkeypatch, undone, left `cpp.cxx` unreadable for later tests.
+    with torch._inductor.config.patch({"cpp.cxx": (None, "no-such-compiler++")}):
+        assert compile_decoder_layers(module.encoder.model) == 0
     assert all(layer._compiled_call_impl is None for layer in module.encoder.model.get_base_model().layers)
     assert "no C++ compiler found" in caplog.text
 
