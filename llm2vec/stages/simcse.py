@@ -19,8 +19,9 @@ With `queue_size`, the second views of the latest batches (up to that many, deta
 query's negatives: more negatives at no extra compute, a cross-batch memory (Wang et al., 2020, XBM)
 in place of a larger batch. ESimCSE (Wu et al., 2022) and MoCo fill such a queue from a momentum
 encoder; here it holds the trained encoder's own recent embeddings, a few steps old. The queue
-travels in checkpoints, so a resumed run sees the same negatives. On Gemma-3-270M with Wiki1M a
-queue of 96 behind batches of 32 lost 0.25 dev at one seed (README, "A queue of earlier sentences").
+travels in checkpoints, so a resumed run sees the same negatives. On Gemma-3-270M with Wiki1M, behind
+batches of 32, a queue of 32 tied over three seeds and one of 96 lost 0.25 dev at one seed (README,
+"A queue of earlier sentences").
 """
 
 from __future__ import annotations
