@@ -198,6 +198,20 @@ def test_simcse_word_repetition_lengthens_the_second_view_only_and_repeats_itsel
         simcse(word_repetition=1.5)
 
 
+def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:
+    """The training losses of the Lightning steps up to `steps` on the same SENTENCES batch (the same
+    batch each step, so a resumed run needs no data position); optionally resumed from and saved to
+    a checkpoint."""
+    losses = []
+    module.log_step = lambda loss, batch_size: losses.append(loss.item())
+    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader([SENTENCES] * steps, batch_size=None), ckpt_path=resume_from)
+    if save_to is not None:
+        trainer.save_checkpoint(save_to)
+    return losses
+
+
 def test_simcse_queue_adds_the_latest_second_views_as_negatives():
     module = simcse(queue_size=6)
     first, second = torch.randn(4, 8), torch.randn(4, 8)
@@ -219,25 +233,15 @@ def test_a_resumed_simcse_run_keeps_its_queue(tmp_path):
         torch.manual_seed(0)  # the same fresh LoRA
         return simcse(queue_size=8)
 
-    def fit(module, steps, checkpoint=None):
-        losses = []
-        module.log_step = lambda loss, batch_size: losses.append(loss.item())
-        trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False)
-        batches = DataLoader([SENTENCES] * steps, batch_size=None)  # the same batch: the position needs no resuming
-        trainer.fit(module, train_dataloaders=batches, ckpt_path=checkpoint)
-        return trainer, losses
-
-    _, uninterrupted = fit(fresh(), 3)
-    trainer, _ = fit(fresh(), 2)
-    trainer.save_checkpoint(tmp_path / "step2.ckpt")
-    _, resumed = fit(fresh(), 3, tmp_path / "step2.ckpt")
+    uninterrupted = fit_losses(fresh(), 3)
+    fit_losses(fresh(), 2, save_to=tmp_path / "step2.ckpt")
+    resumed = fit_losses(fresh(), 3, resume_from=tmp_path / "step2.ckpt")
     assert resumed == pytest.approx(uninterrupted[2:], rel=1e-5)
     checkpoint = torch.load(tmp_path / "step2.ckpt", weights_only=False)
     assert checkpoint["simcse_queue"][0].shape == (8, 64)  # 2 steps of 4 sentences, tiny-random-llama width
     del checkpoint["simcse_queue"]  # a run that lost its queue would train on other negatives
     torch.save(checkpoint, tmp_path / "no_queue.ckpt")
-    _, forgetful = fit(fresh(), 3, tmp_path / "no_queue.ckpt")
+    forgetful = fit_losses(fresh(), 3, resume_from=tmp_path / "no_queue.ckpt")
     assert forgetful[0] != pytest.approx(uninterrupted[2], rel=1e-3)
 
 
@@ -260,14 +264,6 @@ def test_simcse_feeds_the_model_packed_rows_without_padding_compute():
     assert rows and rows[0][0] * rows[0][1] < padded[0] * padded[1]
 
 
-def fit_losses(module, steps: int) -> list[float]:
-    """The training losses of `steps` Lightning steps on the same SENTENCES batch."""
-    losses = []
-    module.log_step = lambda loss, batch_size: losses.append(loss.item())
-    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, train_dataloaders=DataLoader([SENTENCES] * steps, batch_size=None))
-    return losses
 
 
 def test_compiled_decoder_layers_train_like_eager_ones():
