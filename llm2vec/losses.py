@@ -48,13 +48,19 @@ class ContrastiveLoss(nn.Module):
 
     `memory`: more negatives that carry no gradient and are not gathered, such as the documents of
     earlier batches (SimCSE's `queue_size`); under DDP each process keeps and passes its own.
+
+    `both_ways`: GTE's improved contrastive loss (Li et al., 2023, arXiv 2308.03281). Pair i's
+    partition also holds the other queries against query i, and every other query and document
+    against document i: three times the in-batch negatives, all with gradients, at no extra
+    forward pass. Hard negatives and memory stay on the query side.
     """
 
-    def __init__(self, temperature: float = 0.05):
+    def __init__(self, temperature: float = 0.05, both_ways: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature {temperature!r} must be positive")
         self.temperature = temperature
+        self.both_ways = both_ways
 
     def forward(
         self,
@@ -63,11 +69,32 @@ class ContrastiveLoss(nn.Module):
         negatives: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        documents = gather_with_grad(positives)
+        all_positives = gather_with_grad(positives)
+        documents = all_positives
         if negatives is not None:
             documents = torch.cat([documents, gather_with_grad(negatives)])
         if memory is not None:
             documents = torch.cat([documents, memory.detach().to(documents)])
-        scores = F.normalize(queries.float(), dim=-1) @ F.normalize(documents.float(), dim=-1).T
+        scores = unit(queries) @ unit(documents).T
         targets = torch.arange(len(queries), device=queries.device) + distributed_rank() * len(queries)
+        if self.both_ways:
+            scores = torch.cat([scores, other_side_scores(queries, positives, all_positives, targets)], dim=1)
         return F.cross_entropy(scores / self.temperature, targets)
+
+
+def other_side_scores(queries: torch.Tensor, positives: torch.Tensor, all_positives: torch.Tensor,
+                      targets: torch.Tensor) -> torch.Tensor:
+    """GTE's added candidates of each local pair i: query i against the other queries, document i
+    against every other query and the other documents (the global batch's). Each pair itself is
+    masked out: a text is not its own negative, and the positive pair is scored once."""
+    all_queries = unit(gather_with_grad(queries))
+    own = F.one_hot(targets, len(all_queries)).bool()
+    query_query = unit(queries) @ all_queries.T
+    document_query = unit(positives) @ all_queries.T
+    document_document = unit(positives) @ unit(all_positives).T
+    return torch.cat([m.masked_fill(own, float("-inf")) for m in (query_query, document_query, document_document)],
+                     dim=1)
+
+
+def unit(embeddings: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeddings.float(), dim=-1)

@@ -64,7 +64,8 @@ def test_temperature_must_be_positive():
         ContrastiveLoss(temperature=0)
 
 
-def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str,
+            both_ways: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -72,7 +73,7 @@ def _worker(rank: int, world_size: int, port: int, queries, positives, negatives
         q = queries[local].clone().requires_grad_()
         p = positives[local].clone().requires_grad_()
         n = negatives[local].clone().requires_grad_()
-        loss = ContrastiveLoss(temperature=0.1)(q, p, n)
+        loss = ContrastiveLoss(temperature=0.1, both_ways=both_ways)(q, p, n)
         loss.backward()
         torch.save({"loss": loss.detach(), "q": q.grad, "p": p.grad, "n": n.grad}, f"{out}.{rank}")
     finally:
@@ -98,3 +99,70 @@ def test_two_processes_see_the_global_batch_and_get_its_gradients(tmp_path):
     assert torch.allclose(torch.cat([r["q"] for r in ranks]), q.grad, atol=1e-6)
     assert torch.allclose(torch.cat([r["p"] for r in ranks]), p.grad, atol=1e-6)
     assert torch.allclose(torch.cat([r["n"] for r in ranks]), n.grad, atol=1e-6)
+
+
+def gte_loss(queries: torch.Tensor, positives: torch.Tensor, temperature: float) -> float:
+    """GTE's improved contrastive loss written out pair by pair (Li et al., 2023, eq. 2)."""
+    q, d = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
+    total = 0.0
+    for i in range(len(q)):
+        scores = [float(q[i] @ d[j]) for j in range(len(q))]  # the positive first among them, at j = i
+        scores += [float(q[i] @ q[j]) for j in range(len(q)) if j != i]
+        scores += [float(q[j] @ d[i]) for j in range(len(q)) if j != i]
+        scores += [float(d[j] @ d[i]) for j in range(len(q)) if j != i]
+        total += cross_entropy([s / temperature for s in scores], i)
+    return total / len(q)
+
+
+def test_both_ways_is_gtes_improved_loss_written_out():
+    torch.manual_seed(0)
+    queries, positives = torch.randn(3, 4), torch.randn(3, 4)
+    loss = ContrastiveLoss(temperature=0.1, both_ways=True)(queries, positives)
+    assert loss.item() == pytest.approx(gte_loss(queries, positives, 0.1), rel=1e-5)
+    assert loss.item() > ContrastiveLoss(temperature=0.1)(queries, positives).item()  # more negatives
+
+
+def test_both_ways_hand_computed_on_two_pairs():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    # pair 0: q0.p0, q0.p1 | q0.q1 | q1.p0 | p1.p0 ; pair 1: q1.p0, q1.p1 | q0.q1 | q0.p1 | p0.p1
+    row0 = [1, r, 0, 0, r]
+    row1 = [0, r, 0, r, r]
+    expected = (cross_entropy([s / 0.5 for s in row0], 0) + cross_entropy([s / 0.5 for s in row1], 1)) / 2
+    loss = ContrastiveLoss(temperature=0.5, both_ways=True)(queries, positives)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_both_ways_keeps_hard_negatives_and_memory_on_the_query_side():
+    torch.manual_seed(1)
+    queries, positives, negatives, memory = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 4)
+    loss = ContrastiveLoss(temperature=0.1, both_ways=True)(queries, positives, negatives, memory=memory)
+    q, d = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
+    extra = torch.nn.functional.normalize(torch.cat([negatives, memory]), dim=-1)
+    expected = 0.0
+    for i in range(3):
+        scores = [float(q[i] @ d[j]) for j in range(3)] + [float(q[i] @ e) for e in extra]
+        scores += [float(q[i] @ q[j]) for j in range(3) if j != i]
+        scores += [float(q[j] @ d[i]) for j in range(3) if j != i]
+        scores += [float(d[j] @ d[i]) for j in range(3) if j != i]
+        expected += cross_entropy([s / 0.1 for s in scores], i) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_both_ways_over_two_processes_is_the_global_batchs_loss_and_gradients(tmp_path):
+    torch.manual_seed(0)
+    queries, positives, negatives = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    port = 29500 + (os.getpid() + 500) % 1000
+    out = str(tmp_path / "grads")
+    mp.spawn(_worker, args=(2, port, queries, positives, negatives, out, True), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+
+    # Every pair's loss reads the global batch, so the ranks' mean loss is the one-process loss, and the
+    # summed rank losses (what DDP's gradient averaging differentiates, times 2) give the gradients.
+    q, p, n = (t.clone().requires_grad_() for t in (queries, positives, negatives))
+    loss = ContrastiveLoss(temperature=0.1, both_ways=True)(q, p, n)
+    assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(loss.item(), rel=1e-5)
+    (2 * loss).backward()
+    for name, grad in (("q", q.grad), ("p", p.grad), ("n", n.grad)):
+        assert torch.allclose(torch.cat([r[name] for r in ranks]), grad, atol=1e-6)

@@ -15,6 +15,7 @@ from transformers import AutoModel
 from llm2vec import LLM2Vec, enable_bidirectional
 from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
 from llm2vec.loading import load_tokenizer, resolve_weights
+from llm2vec.losses import ContrastiveLoss
 from llm2vec.stages import MNTP, SimCSE, Supervised
 from llm2vec.stages.base import compile_decoder_layers
 
@@ -196,6 +197,16 @@ def test_simcse_word_repetition_lengthens_the_second_view_only_and_repeats_itsel
     assert simcse().second_views(sentences) == sentences  # off by default
     with pytest.raises(ValueError, match="word_repetition"):
         simcse(word_repetition=1.5)
+
+
+def test_simcse_both_ways_trains_on_gtes_loss():
+    first, second = torch.randn(4, 8), torch.randn(4, 8)
+    module = simcse(both_ways=True, temperature=0.1)
+    expected = ContrastiveLoss(temperature=0.1, both_ways=True)(first, second)
+    torch.testing.assert_close(module.batch_loss(first, second), expected)
+    plain = simcse(temperature=0.1)
+    torch.testing.assert_close(plain.batch_loss(first, second), ContrastiveLoss(temperature=0.1)(first, second))
+    assert not torch.allclose(expected, plain.batch_loss(first, second))  # off by default
 
 
 def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:

@@ -32,6 +32,7 @@ class ContrastiveStage(TrainingStage):
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
         mini_batch_size: int | None = None,
+        both_ways: bool = False,
     ):
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, "
@@ -39,7 +40,7 @@ class ContrastiveStage(TrainingStage):
         super().__init__(optimizer, scheduler, compile_layers)
         encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
         self.encoder = encoder
-        self.loss = ContrastiveLoss(temperature)
+        self.loss = ContrastiveLoss(temperature, both_ways)  # both_ways: GTE's loss (llm2vec.losses)
         self.mini_batch_size = mini_batch_size  # examples embedded at once; null: the whole batch
 
     def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:

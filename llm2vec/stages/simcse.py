@@ -52,6 +52,7 @@ class SimCSE(ContrastiveStage):
         instruction: str | None = None,
         word_repetition: float = 0.0,
         queue_size: int = 0,
+        both_ways: bool = False,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -60,7 +61,7 @@ class SimCSE(ContrastiveStage):
         if queue_size < 0:
             raise ValueError(f"queue_size {queue_size!r} must be a number of earlier sentences (0: off)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
-                         mini_batch_size)
+                         mini_batch_size, both_ways)
         set_attention_dropout(encoder.model, attention_dropout)
         self.instruction = instruction
         self.word_repetition = word_repetition

@@ -22,9 +22,10 @@ class Supervised(ContrastiveStage):
         gradient_checkpointing: bool = False,
         compile_layers: bool = False,
         mini_batch_size: int | None = None,
+        both_ways: bool = False,
     ):
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
-                         mini_batch_size)
+                         mini_batch_size, both_ways)
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ([instruction, query] pairs), positives and hard negatives (none: zero rows)."""
