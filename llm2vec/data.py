@@ -217,7 +217,8 @@ class Sentences(StreamDataModule):
     duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts).
     `min_words`: sentences of fewer whitespace-separated words are dropped too (Wiki1M holds names,
     headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives;
-    dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README)."""
+    dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README). Random batches
+    (no `group_by_length`) scored +0.8 test and +0.1 dev over three Gemma-3 seeds (README)."""
 
     def __init__(
         self,

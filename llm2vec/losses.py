@@ -52,7 +52,8 @@ class ContrastiveLoss(nn.Module):
     `both_ways`: GTE's improved contrastive loss (Li et al., 2023, arXiv 2308.03281). Pair i's
     partition also holds the other queries against query i, and every other query and document
     against document i: three times the in-batch negatives, all with gradients, at no extra
-    forward pass. Hard negatives and memory stay on the query side.
+    forward pass. Hard negatives and memory stay on the query side. In unsupervised SimCSE on
+    Gemma-3-270M (Wiki1M, temperature 0.1) it lost 0.3 dev at one seed (README, "GTE's two-way loss").
     """
 
     def __init__(self, temperature: float = 0.05, both_ways: bool = False):
