@@ -102,7 +102,7 @@ def test_two_processes_see_the_global_batch_and_get_its_gradients(tmp_path):
 
 
 def gte_loss(queries: torch.Tensor, positives: torch.Tensor, temperature: float) -> float:
-    """GTE's improved contrastive loss written out pair by pair (Li et al., 2023, eq. 2)."""
+    """GTE's improved contrastive loss written out pair by pair (Li et al., 2023)."""
     q, d = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
     total = 0.0
     for i in range(len(q)):
