@@ -70,31 +70,30 @@ class ContrastiveLoss(nn.Module):
         negatives: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        all_positives = gather_with_grad(positives)
-        documents = all_positives
+        # Unit vectors, each normalised once: the scores are cosine similarities.
+        queries, all_positives = unit(queries), unit(gather_with_grad(positives))
+        documents = [all_positives]
         if negatives is not None:
-            documents = torch.cat([documents, gather_with_grad(negatives)])
+            documents.append(unit(gather_with_grad(negatives)))
         if memory is not None:
-            documents = torch.cat([documents, memory.detach().to(documents)])
-        scores = unit(queries) @ unit(documents).T
+            documents.append(unit(memory.detach().to(queries.device)))
+        scores = queries @ torch.cat(documents).T
         targets = torch.arange(len(queries), device=queries.device) + distributed_rank() * len(queries)
         if self.both_ways:
-            scores = torch.cat([scores, other_side_scores(queries, positives, all_positives, targets)], dim=1)
+            other_side = other_side_scores(queries, unit(positives), all_positives, targets)
+            scores = torch.cat([scores, other_side], dim=1)
         return F.cross_entropy(scores / self.temperature, targets)
 
 
 def other_side_scores(queries: torch.Tensor, positives: torch.Tensor, all_positives: torch.Tensor,
                       targets: torch.Tensor) -> torch.Tensor:
-    """GTE's added candidates of each local pair i: query i against the other queries, document i
-    against every other query and the other documents (the global batch's). Each pair itself is
-    masked out: a text is not its own negative, and the positive pair is scored once."""
-    all_queries = unit(gather_with_grad(queries))
+    """GTE's added candidates of each local pair i (unit vectors in, cosines out): query i against the
+    other queries, document i against every other query and the other documents (the global batch's).
+    Each pair itself is masked out: a text is not its own negative, and the positive pair is scored once."""
+    all_queries = gather_with_grad(queries)
     own = F.one_hot(targets, len(all_queries)).bool()
-    query_query = unit(queries) @ all_queries.T
-    document_query = unit(positives) @ all_queries.T
-    document_document = unit(positives) @ unit(all_positives).T
-    return torch.cat([m.masked_fill(own, float("-inf")) for m in (query_query, document_query, document_document)],
-                     dim=1)
+    scores = (queries @ all_queries.T, positives @ all_queries.T, positives @ all_positives.T)
+    return torch.cat([m.masked_fill(own, float("-inf")) for m in scores], dim=1)
 
 
 def unit(embeddings: torch.Tensor) -> torch.Tensor:

@@ -101,12 +101,16 @@ def test_two_processes_see_the_global_batch_and_get_its_gradients(tmp_path):
     assert torch.allclose(torch.cat([r["n"] for r in ranks]), n.grad, atol=1e-6)
 
 
-def gte_loss(queries: torch.Tensor, positives: torch.Tensor, temperature: float) -> float:
-    """GTE's improved contrastive loss written out pair by pair (Li et al., 2023)."""
+def gte_loss(queries: torch.Tensor, positives: torch.Tensor, temperature: float,
+             extra: torch.Tensor | None = None) -> float:
+    """GTE's improved contrastive loss written out pair by pair (Li et al., 2023); `extra`: more
+    candidates of every query (hard negatives, memory), after the positives."""
     q, d = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
+    extra = torch.nn.functional.normalize(extra, dim=-1) if extra is not None else torch.empty(0, q.shape[1])
     total = 0.0
     for i in range(len(q)):
         scores = [float(q[i] @ d[j]) for j in range(len(q))]  # the positive first among them, at j = i
+        scores += [float(q[i] @ e) for e in extra]
         scores += [float(q[i] @ q[j]) for j in range(len(q)) if j != i]
         scores += [float(q[j] @ d[i]) for j in range(len(q)) if j != i]
         scores += [float(d[j] @ d[i]) for j in range(len(q)) if j != i]
@@ -138,16 +142,7 @@ def test_both_ways_keeps_hard_negatives_and_memory_on_the_query_side():
     torch.manual_seed(1)
     queries, positives, negatives, memory = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 4)
     loss = ContrastiveLoss(temperature=0.1, both_ways=True)(queries, positives, negatives, memory=memory)
-    q, d = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
-    extra = torch.nn.functional.normalize(torch.cat([negatives, memory]), dim=-1)
-    expected = 0.0
-    for i in range(3):
-        scores = [float(q[i] @ d[j]) for j in range(3)] + [float(q[i] @ e) for e in extra]
-        scores += [float(q[i] @ q[j]) for j in range(3) if j != i]
-        scores += [float(q[j] @ d[i]) for j in range(3) if j != i]
-        scores += [float(d[j] @ d[i]) for j in range(3) if j != i]
-        expected += cross_entropy([s / 0.1 for s in scores], i) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(gte_loss(queries, positives, 0.1, torch.cat([negatives, memory])), rel=1e-5)
 
 
 def test_both_ways_over_two_processes_is_the_global_batchs_loss_and_gradients(tmp_path):
