@@ -71,7 +71,8 @@ class ContrastiveLoss(nn.Module):
         memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Unit vectors, each normalised once: the scores are cosine similarities.
-        queries, all_positives = unit(queries), unit(gather_with_grad(positives))
+        queries, positives = unit(queries), unit(positives)
+        all_positives = gather_with_grad(positives)
         documents = [all_positives]
         if negatives is not None:
             documents.append(unit(gather_with_grad(negatives)))
@@ -80,7 +81,7 @@ class ContrastiveLoss(nn.Module):
         scores = queries @ torch.cat(documents).T
         targets = torch.arange(len(queries), device=queries.device) + distributed_rank() * len(queries)
         if self.both_ways:
-            other_side = other_side_scores(queries, unit(positives), all_positives, targets)
+            other_side = other_side_scores(queries, positives, all_positives, targets)
             scores = torch.cat([scores, other_side], dim=1)
         return F.cross_entropy(scores / self.temperature, targets)
 
