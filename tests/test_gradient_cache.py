@@ -115,6 +115,15 @@ def test_simcse_queue_is_read_and_filled_once_per_cached_step():
     torch.testing.assert_close(module.queue[:2], memory[-2:])
 
 
+def test_simcse_projection_head_gets_the_full_batch_gradients():
+    module = simcse(mini_batch_size=4, projection_head=True)
+    expected_loss, expected = full_batch(module, SENTENCES, 4)
+    loss, actual = step(module, SENTENCES)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    assert any(name.startswith("projection.") for name in expected)
+    assert_equal_gradients(actual, expected)
+
+
 def test_simcse_with_dropout_and_gradient_checkpointing_gets_the_full_batch_gradients():
     module = simcse(mini_batch_size=4, gradient_checkpointing=True, lora={**LORA, "lora_dropout": 0.1})
     expected_loss, expected = full_batch(module, SENTENCES, 4)

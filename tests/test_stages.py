@@ -209,6 +209,30 @@ def test_simcse_both_ways_trains_on_gtes_loss():
     assert not torch.allclose(expected, plain.batch_loss(first, second))  # off by default
 
 
+def test_simcse_projection_head_trains_with_the_loss_and_stays_out_of_the_saved_encoder(tmp_path):
+    torch.manual_seed(0)
+    module = simcse(projection_head=True, attention_dropout=0.0)
+    head = list(module.projection.parameters())
+    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert head and all(id(p) in optimised for p in head)
+    module.eval()
+    with torch.no_grad():
+        first, _ = module.embed_batch(SENTENCES)
+        pooled = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(first, module.projection(pooled), atol=1e-5, rtol=1e-4)  # the loss sees the head's output
+    before = [p.detach().clone() for p in head]
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    assert all(not torch.equal(a, b) for a, b in zip(before, head))
+    module.save(tmp_path)
+    assert not any("projection" in path.name for path in tmp_path.iterdir())
+    loaded = LLM2Vec.from_pretrained(str(tmp_path))
+    module.eval()
+    with torch.no_grad():
+        reference = module.encoder.encode(SENTENCES, convert_to_tensor=True)  # pooled, no head
+    torch.testing.assert_close(loaded.encode(SENTENCES, convert_to_tensor=True), reference, atol=1e-5, rtol=1e-4)
+    assert simcse().projection is None  # off by default
+
+
 def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:
     """The training losses of the Lightning steps up to `steps` on the same SENTENCES batch (the same
     batch each step, so a resumed run needs no data position); optionally resumed from and saved to
