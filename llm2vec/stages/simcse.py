@@ -27,7 +27,7 @@ With `projection_head`, the loss compares the two views after SimCSE's MLP (Gao 
 dense layer and tanh over the pooled embedding, freshly initialised, trained with the adapter and
 discarded after training, SimCSE's `--mlp_only_train` of its unsupervised BERT runs): the saved
 encoder pools without it. On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.4 dev at one
-seed (README, "Three more levers on `make run`'s recipe").
+seed (README, "Four more levers on `make run`'s recipe").
 """
 
 from __future__ import annotations
