@@ -30,6 +30,7 @@ from llm2vec import atomic
 from llm2vec.checkpoints import AtomicCheckpointIO
 from llm2vec.checkpoints import checkpoint_to_resume as resumable
 from llm2vec.evaluation import run_evaluation
+from llm2vec.precision import fastest_dtype, fastest_precision
 
 ROOT = Path(__file__).resolve().parent
 OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
@@ -43,6 +44,9 @@ def required(value, name: str):
 
 
 OmegaConf.register_new_resolver("required", required, replace=True)
+# bf16 where the accelerator multiplies it fast, fp32 where it does not (llm2vec/precision.py).
+OmegaConf.register_new_resolver("fastest_dtype", fastest_dtype, replace=True)
+OmegaConf.register_new_resolver("fastest_precision", fastest_precision, replace=True)
 log = logging.getLogger("llm2vec")
 
 
