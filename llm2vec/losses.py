@@ -99,3 +99,23 @@ def other_side_scores(queries: torch.Tensor, positives: torch.Tensor, all_positi
 
 def unit(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeddings.float(), dim=-1)
+
+
+def off_dropout_loss(first: torch.Tensor, second: torch.Tensor, plain: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCSE++'s loss (Xu et al., 2023, arXiv 2305.13192, "off-dropout sampling"): the positive pair
+    is sentence i's two dropout views, its negatives are i against every other sentence j with
+    dropout off on both sides (`plain`), so the dropout noise enters the positives only.
+
+    Per sentence: -cos(first_i, second_i)/t + logsumexp over {cos(first_i, second_i)} and
+    {cos(plain_i, plain_j) : j != i} divided by t. Across processes the plain embeddings are gathered
+    (with gradients): every sentence of the global batch is a negative, as in ContrastiveLoss.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature {temperature!r} must be positive")
+    first, second, plain = unit(first), unit(second), unit(plain)
+    positive = (first * second).sum(dim=-1, keepdim=True)
+    all_plain = gather_with_grad(plain)
+    own = torch.arange(len(plain), device=plain.device) + distributed_rank() * len(plain)
+    negatives = (plain @ all_plain.T).masked_fill(F.one_hot(own, len(all_plain)).bool(), float("-inf"))
+    scores = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(scores, torch.zeros_like(own))  # the positive is column 0

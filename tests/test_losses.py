@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llm2vec.losses import ContrastiveLoss, gather_with_grad
+from llm2vec.losses import ContrastiveLoss, gather_with_grad, off_dropout_loss
 
 
 def cross_entropy(scores: list[float], target: int) -> float:
@@ -65,7 +65,7 @@ def test_temperature_must_be_positive():
 
 
 def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str,
-            both_ways: bool = False) -> None:
+            both_ways: bool = False, off_dropout: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -73,7 +73,10 @@ def _worker(rank: int, world_size: int, port: int, queries, positives, negatives
         q = queries[local].clone().requires_grad_()
         p = positives[local].clone().requires_grad_()
         n = negatives[local].clone().requires_grad_()
-        loss = ContrastiveLoss(temperature=0.1, both_ways=both_ways)(q, p, n)
+        if off_dropout:  # the third tensor is the dropout-free embeddings
+            loss = off_dropout_loss(q, p, n, temperature=0.1)
+        else:
+            loss = ContrastiveLoss(temperature=0.1, both_ways=both_ways)(q, p, n)
         loss.backward()
         torch.save({"loss": loss.detach(), "q": q.grad, "p": p.grad, "n": n.grad}, f"{out}.{rank}")
     finally:
@@ -160,4 +163,39 @@ def test_both_ways_over_two_processes_is_the_global_batchs_loss_and_gradients(tm
     assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(loss.item(), rel=1e-5)
     (2 * loss).backward()
     for name, grad in (("q", q.grad), ("p", p.grad), ("n", n.grad)):
+        assert torch.allclose(torch.cat([r[name] for r in ranks]), grad, atol=1e-6)
+
+
+def test_off_dropout_loss_hand_computed():
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    second = torch.tensor([[1.0, 1.0], [0.0, 2.0], [1.0, 1.0]])
+    plain = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    r = 1 / math.sqrt(2)
+    # positives: first_i . second_i = r, 1, 1; negatives: plain_i . plain_j (j != i)
+    rows = [[r, 0.0, -1.0], [1.0, 0.0, 0.0], [1.0, -1.0, 0.0]]
+    expected = sum(cross_entropy([s / 0.5 for s in row], 0) for row in rows) / 3
+    assert off_dropout_loss(first, second, plain, temperature=0.5).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_off_dropout_loss_sends_gradients_to_all_three_and_refuses_a_bad_temperature():
+    torch.manual_seed(0)
+    first, second, plain = (torch.randn(4, 8, requires_grad=True) for _ in range(3))
+    off_dropout_loss(first, second, plain, temperature=0.05).backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (first, second, plain))
+    with pytest.raises(ValueError, match="temperature"):
+        off_dropout_loss(first, second, plain, temperature=0.0)
+
+
+def test_off_dropout_loss_over_two_processes_is_the_global_batchs_loss_and_gradients(tmp_path):
+    torch.manual_seed(0)
+    first, second, plain = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    port = 29500 + (os.getpid() + 250) % 1000
+    out = str(tmp_path / "grads")
+    mp.spawn(_worker, args=(2, port, first, second, plain, out, False, True), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    f, s, p = (t.clone().requires_grad_() for t in (first, second, plain))
+    loss = off_dropout_loss(f, s, p, temperature=0.1)
+    assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(loss.item(), rel=1e-5)
+    (2 * loss).backward()
+    for name, grad in (("q", f.grad), ("p", s.grad), ("n", p.grad)):
         assert torch.allclose(torch.cat([r[name] for r in ranks]), grad, atol=1e-6)

@@ -15,7 +15,7 @@ from transformers import AutoModel
 from llm2vec import LLM2Vec, enable_bidirectional
 from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
 from llm2vec.loading import load_tokenizer, resolve_weights
-from llm2vec.losses import ContrastiveLoss
+from llm2vec.losses import ContrastiveLoss, off_dropout_loss
 from llm2vec.stages import MNTP, SimCSE, Supervised
 from llm2vec.stages.base import compile_decoder_layers
 
@@ -231,6 +231,26 @@ def test_simcse_projection_head_trains_with_the_loss_and_stays_out_of_the_saved_
         reference = module.encoder.encode(SENTENCES, convert_to_tensor=True)  # pooled, no head
     torch.testing.assert_close(loaded.encode(SENTENCES, convert_to_tensor=True), reference, atol=1e-5, rtol=1e-4)
     assert simcse().projection is None  # off by default
+
+
+def test_simcse_off_dropout_negatives_embed_the_sentences_a_third_time_without_dropout():
+    module = simcse(off_dropout_negatives=True, temperature=0.1)
+    module.eval()
+    with torch.no_grad():
+        reference = module.encoder.encode(SENTENCES, convert_to_tensor=True)  # inference: no dropout
+    module.train()
+    modes = [m.training for m in module.modules()]
+    first, second, plain = module.embed_batch(SENTENCES)
+    assert not torch.allclose(first, second)  # the two views still go through dropout
+    torch.testing.assert_close(plain, reference, atol=1e-5, rtol=1e-4)
+    assert plain.requires_grad  # the negatives are trained on too
+    assert [m.training for m in module.modules()] == modes  # dropout back on afterwards
+    torch.testing.assert_close(module.batch_loss(first, second, plain), off_dropout_loss(first, second, plain, 0.1))
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    assert len(simcse().embed_batch(SENTENCES)) == 2  # off by default
+    for clash in (dict(queue_size=4), dict(both_ways=True)):
+        with pytest.raises(ValueError, match="off_dropout_negatives"):
+            simcse(off_dropout_negatives=True, **clash)
 
 
 def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:

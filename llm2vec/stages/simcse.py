@@ -28,18 +28,26 @@ dense layer and tanh over the pooled embedding, freshly initialised, trained wit
 discarded after training, SimCSE's `--mlp_only_train` of its unsupervised BERT runs): the saved
 encoder pools without it. On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.4 dev at one
 seed (README, "Four more levers on `make run`'s recipe").
+
+With `off_dropout_negatives`, SimCSE++'s loss (Xu et al., 2023, `llm2vec.losses.off_dropout_loss`):
+each sentence also goes through the encoder with every dropout off (a third forward pass, with
+gradients), and the negatives are those dropout-free embeddings against each other, so dropout noise
+enters the positive pairs only. It replaces the in-batch loss, so it takes neither `queue_size` nor
+`both_ways`. The dropout-free pass runs the model in eval mode: no gradient checkpointing there.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
+from llm2vec.losses import off_dropout_loss
 from llm2vec.stages.base import gather_from_all_processes, set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
 
@@ -61,6 +69,7 @@ class SimCSE(ContrastiveStage):
         queue_size: int = 0,
         both_ways: bool = False,
         projection_head: bool = False,
+        off_dropout_negatives: bool = False,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -68,6 +77,8 @@ class SimCSE(ContrastiveStage):
             raise ValueError(f"word_repetition {word_repetition!r} must be a rate between 0 and 1 (0: off)")
         if queue_size < 0:
             raise ValueError(f"queue_size {queue_size!r} must be a number of earlier sentences (0: off)")
+        if off_dropout_negatives and (queue_size or both_ways):
+            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes neither queue_size nor both_ways")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways)
         set_attention_dropout(encoder.model, attention_dropout)
@@ -77,15 +88,22 @@ class SimCSE(ContrastiveStage):
         self.queue: torch.Tensor | None = None  # recent second views, detached, the newest last
         # Outside the encoder, so encoder.save() leaves it behind; checkpoints keep it (trainable).
         self.projection = projection_mlp(encoder.model.config.hidden_size) if projection_head else None
+        self.off_dropout_negatives = off_dropout_negatives
 
-    def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, ...]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
         first_views = sentences if self.instruction is None else [[self.instruction, s] for s in sentences]
-        embeddings = self.embed(first_views + self.second_views(sentences))
-        if self.projection is not None:
-            embeddings = self.projection(embeddings.to(self.projection[0].weight.dtype))
-        first, second = embeddings.chunk(2)
-        return first, second
+        first, second = self.project(self.embed(first_views + self.second_views(sentences))).chunk(2)
+        if not self.off_dropout_negatives:
+            return first, second
+        with dropout_off(self.encoder.model):
+            plain = self.project(self.embed(sentences))
+        return first, second, plain
+
+    def project(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            return embeddings
+        return self.projection(embeddings.to(self.projection[0].weight.dtype))
 
     def second_views(self, sentences: list[str]) -> list[str]:
         if not self.word_repetition:
@@ -93,8 +111,10 @@ class SimCSE(ContrastiveStage):
         seed = f"{torch.initial_seed()}:{self.global_step}"
         return [repeat_words(s, self.word_repetition, random.Random(f"{seed}:{s}")) for s in sentences]
 
-    def batch_loss(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    def batch_loss(self, first: torch.Tensor, second: torch.Tensor, plain: torch.Tensor | None = None) -> torch.Tensor:
         # Called once per training step (with gradient caching too, on the whole batch).
+        if plain is not None:
+            return off_dropout_loss(first, second, plain, self.loss.temperature)
         loss = self.loss(first, second, memory=self.queue)
         if self.queue_size:
             recent = second.detach().float()
@@ -115,6 +135,19 @@ class SimCSE(ContrastiveStage):
 
     def batch_size(self, sentences: list[str]) -> int:
         return len(sentences)
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode (attention and LoRA dropout off; gradients still flow), then each
+    back in the mode it had."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def projection_mlp(hidden_size: int) -> nn.Sequential:
