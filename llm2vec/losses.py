@@ -119,3 +119,21 @@ def off_dropout_loss(first: torch.Tensor, second: torch.Tensor, plain: torch.Ten
     negatives = (plain @ all_plain.T).masked_fill(F.one_hot(own, len(all_plain)).bool(), float("-inf"))
     scores = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(scores, torch.zeros_like(own))  # the positive is column 0
+
+
+DIMENSION_TEMPERATURE = 10.0  # SimCSE++'s: the correlations (in [-1, 1]) divided by 10
+
+
+def dimension_contrastive_loss(first: torch.Tensor, second: torch.Tensor,
+                               temperature: float = DIMENSION_TEMPERATURE) -> torch.Tensor:
+    """SimCSE++'s dimension-wise contrastive loss (Xu et al., 2023, arXiv 2305.13192, "DCL"): each
+    embedding dimension is an instance. Dimensions are standardised over the batch (batch norm
+    without affine weights or running statistics), scored by their correlation across the two views,
+    and dimension k of the first view must pick dimension k of the second among all: a push towards
+    decorrelated dimensions, against the rank collapse in-batch contrast allows. Over the local batch
+    (under DDP each process its own)."""
+    first = F.batch_norm(first.float(), None, None, training=True)
+    second = F.batch_norm(second.float(), None, None, training=True)
+    correlations = first.T @ second / len(first)
+    targets = torch.arange(correlations.shape[0], device=correlations.device)
+    return F.cross_entropy(correlations / temperature, targets)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llm2vec.losses import ContrastiveLoss, gather_with_grad, off_dropout_loss
+from llm2vec.losses import ContrastiveLoss, dimension_contrastive_loss, gather_with_grad, off_dropout_loss
 
 
 def cross_entropy(scores: list[float], target: int) -> float:
@@ -199,3 +200,25 @@ def test_off_dropout_loss_over_two_processes_is_the_global_batchs_loss_and_gradi
     (2 * loss).backward()
     for name, grad in (("q", f.grad), ("p", s.grad), ("n", p.grad)):
         assert torch.allclose(torch.cat([r[name] for r in ranks]), grad, atol=1e-6)
+
+
+def test_dimension_loss_is_a_cross_entropy_over_the_dimensions_correlations():
+    torch.manual_seed(0)
+    first, second = torch.randn(16, 5), torch.randn(16, 5)
+    # written out with numpy: the (biased) correlation of dimension k of the first view with each
+    # dimension of the second, divided by 10; dimension k must pick dimension k
+    a, b = first.double().numpy(), second.double().numpy()
+    a = (a - a.mean(0)) / np.sqrt(a.var(0) + 1e-5)
+    b = (b - b.mean(0)) / np.sqrt(b.var(0) + 1e-5)
+    scores = a.T @ b / 16 / 10
+    expected = np.mean([cross_entropy(list(row), k) for k, row in enumerate(scores)])
+    assert dimension_contrastive_loss(first, second).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dimension_loss_ignores_each_dimensions_scale_and_rewards_matching_dimensions():
+    torch.manual_seed(0)
+    first = torch.randn(32, 6)
+    scaled = first * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0, 2.0]) + 5.0
+    same = dimension_contrastive_loss(first, first)
+    assert dimension_contrastive_loss(scaled, scaled).item() == pytest.approx(same.item(), rel=1e-4)
+    assert same < dimension_contrastive_loss(first, first[:, [1, 0, 3, 2, 5, 4]])  # dimensions swapped

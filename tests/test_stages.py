@@ -15,7 +15,7 @@ from transformers import AutoModel
 from llm2vec import LLM2Vec, enable_bidirectional
 from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
 from llm2vec.loading import load_tokenizer, resolve_weights
-from llm2vec.losses import ContrastiveLoss, off_dropout_loss
+from llm2vec.losses import ContrastiveLoss, dimension_contrastive_loss, off_dropout_loss
 from llm2vec.stages import MNTP, SimCSE, Supervised
 from llm2vec.stages.base import compile_decoder_layers
 
@@ -251,6 +251,21 @@ def test_simcse_off_dropout_negatives_embed_the_sentences_a_third_time_without_d
     for clash in (dict(queue_size=4), dict(both_ways=True)):
         with pytest.raises(ValueError, match="off_dropout_negatives"):
             simcse(off_dropout_negatives=True, **clash)
+
+
+def test_simcse_dimension_loss_is_added_with_its_weight():
+    first, second, plain = torch.randn(8, 16), torch.randn(8, 16), torch.randn(8, 16)
+    module = simcse(dimension_loss_weight=0.5, temperature=0.1)
+    expected = ContrastiveLoss(temperature=0.1)(first, second) + 0.5 * dimension_contrastive_loss(first, second)
+    torch.testing.assert_close(module.batch_loss(first, second), expected)
+    both = simcse(dimension_loss_weight=0.5, off_dropout_negatives=True, temperature=0.1)
+    expected = off_dropout_loss(first, second, plain, 0.1) + 0.5 * dimension_contrastive_loss(first, second)
+    torch.testing.assert_close(both.batch_loss(first, second, plain), expected)
+    torch.testing.assert_close(simcse(temperature=0.1).batch_loss(first, second),
+                               ContrastiveLoss(temperature=0.1)(first, second))  # off by default
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    with pytest.raises(ValueError, match="dimension_loss_weight"):
+        simcse(dimension_loss_weight=-0.1)
 
 
 def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:
