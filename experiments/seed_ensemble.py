@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from llm2vec.compare import read_predictions
 from llm2vec.confidence import paired_bootstrap_differences
+from llm2vec.evaluation.sts import sts_scores
 
 
 def ensemble_predictions(run_dirs: Sequence[str | Path], task: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -47,12 +47,8 @@ def score_ensemble(run_dirs: Sequence[str | Path], task: str) -> dict:
     members, gold = ensemble_predictions(run_dirs, task)
     ensemble = np.mean(members, axis=0)
     difference = paired_bootstrap_differences({"ensemble": [ensemble], "members": members}, gold, "members")
-    return {"members": [spearman(m, gold) for m in members], "ensemble": spearman(ensemble, gold),
-            "difference": difference["ensemble"]}
-
-
-def spearman(predicted: np.ndarray, gold: np.ndarray) -> float:
-    return 100 * float(spearmanr(predicted, gold).statistic)
+    return {"members": [sts_scores(m, gold)["spearman"] for m in members],
+            "ensemble": sts_scores(ensemble, gold)["spearman"], "difference": difference["ensemble"]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
