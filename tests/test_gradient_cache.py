@@ -115,6 +115,19 @@ def test_simcse_queue_is_read_and_filled_once_per_cached_step():
     torch.testing.assert_close(module.queue[:2], memory[-2:])
 
 
+def test_simcse_momentum_encoder_fills_the_queue_once_per_cached_step():
+    module = simcse(mini_batch_size=4, queue_size=12, momentum=0.9)
+    memory = torch.randn(5, module.encoder.model.config.hidden_size)
+    module.queue = memory
+    keys = module.momentum_embeddings(SENTENCES)  # draws no random numbers: dropout is off
+    module.momentum_keys = keys
+    expected_loss, expected = full_batch(module, SENTENCES, 4)
+    module.queue = memory
+    loss, actual = step(module, SENTENCES)  # the step embeds the keys itself, in mini-batches of 4
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    assert_equal_gradients(actual, expected)
+    torch.testing.assert_close(module.queue, torch.cat([memory[-2:], keys]), atol=1e-5, rtol=1e-4)
+
 def test_simcse_projection_head_gets_the_full_batch_gradients():
     module = simcse(mini_batch_size=4, projection_head=True)
     expected_loss, expected = full_batch(module, SENTENCES, 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Trainer
+from lightning import Callback, Trainer
 from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import AutoModel
@@ -313,6 +313,91 @@ def test_a_resumed_simcse_run_keeps_its_queue(tmp_path):
     torch.save(checkpoint, tmp_path / "no_queue.ckpt")
     forgetful = fit_losses(fresh(), 3, resume_from=tmp_path / "no_queue.ckpt")
     assert forgetful[0] != pytest.approx(uninterrupted[2], rel=1e-3)
+
+
+def test_the_momentum_encoder_embeds_with_the_averaged_weights_and_dropout_off():
+    torch.manual_seed(0)
+    module = simcse(queue_size=8, momentum=0.5)
+    module.train()
+    weights = module.trainable_weights()
+    own = [w.detach().clone() for w in weights]
+    module.eval()
+    with torch.no_grad():
+        with_own_weights = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+    module.train()
+    assert module.momentum_embeddings(SENTENCES).shape == (4, 64)
+    assert all(torch.equal(a, w) for a, w in zip(module.momentum_weights, own))  # it starts as the encoder
+    averaged = [w + 0.05 * torch.randn_like(w) for w in own]  # some other weights, LoRA's B included
+    module.momentum_weights = [a.clone() for a in averaged]
+    modes = [m.training for m in module.modules()]
+    keys = module.momentum_embeddings(SENTENCES)
+    assert not keys.requires_grad
+    assert all(torch.equal(w, o) for w, o in zip(weights, own))  # the encoder's own weights are back
+    assert [m.training for m in module.modules()] == modes  # and dropout on again
+    module.mini_batch_size = 3  # embedded in chunks (gradient caching): the same keys
+    torch.testing.assert_close(module.momentum_embeddings(SENTENCES), keys, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        for weight, value in zip(weights, averaged):
+            weight.copy_(value)
+    module.eval()
+    with torch.no_grad():
+        reference = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(keys, reference, atol=1e-5, rtol=1e-4)  # inference with the averaged weights
+    assert not torch.allclose(keys, with_own_weights, atol=1e-3)
+
+
+def test_the_momentum_encoders_keys_fill_the_queue():
+    module = simcse(queue_size=8, momentum=0.9)
+    first, second, keys = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    module.momentum_keys = keys
+    torch.testing.assert_close(module.batch_loss(first, second), module.loss(first, second))
+    torch.testing.assert_close(module.queue, keys)  # not the second views
+    later_first, later_second = torch.randn(4, 8), torch.randn(4, 8)
+    torch.testing.assert_close(module.batch_loss(later_first, later_second),
+                               module.loss(later_first, later_second, memory=keys))
+    for wrong in (dict(momentum=0.5), dict(momentum=1.0, queue_size=8), dict(momentum=-0.1, queue_size=8)):
+        with pytest.raises(ValueError, match="momentum"):
+            simcse(**wrong)
+
+
+def test_the_momentum_average_follows_every_optimizer_step():
+    torch.manual_seed(0)
+    module = simcse(queue_size=8, momentum=0.75)
+    initial = [w.detach().clone() for w in module.trainable_weights()]
+    after_each_step = []
+
+    class RecordWeights(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after_each_step.append([w.detach().clone() for w in pl_module.trainable_weights()])
+
+    module.log_step = lambda *args, **kwargs: None
+    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordWeights()])
+    trainer.fit(module, train_dataloaders=DataLoader([SENTENCES] * 3, batch_size=None))
+    expected = initial
+    for weights in after_each_step:
+        expected = [0.75 * average + 0.25 * weight for average, weight in zip(expected, weights)]
+    for average, wanted in zip(module.momentum_weights, expected):
+        torch.testing.assert_close(average, wanted)
+    assert not all(torch.allclose(a, w) for a, w in zip(module.momentum_weights, after_each_step[-1]))
+    assert module.queue.shape == (8, 64)
+
+
+def test_a_resumed_simcse_run_keeps_its_momentum_encoder(tmp_path):
+    def fresh():
+        torch.manual_seed(0)  # the same fresh LoRA
+        encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_mode="mean")
+        return SimCSE(encoder, LORA, functools.partial(torch.optim.AdamW, lr=0.05), queue_size=8, momentum=0.5)
+
+    uninterrupted = fit_losses(fresh(), 4)
+    fit_losses(fresh(), 2, save_to=tmp_path / "step2.ckpt")
+    resumed = fit_losses(fresh(), 4, resume_from=tmp_path / "step2.ckpt")
+    assert resumed == pytest.approx(uninterrupted[2:], rel=1e-5)
+    checkpoint = torch.load(tmp_path / "step2.ckpt", weights_only=False)
+    del checkpoint["simcse_momentum_weights"]  # it would restart from the current weights
+    torch.save(checkpoint, tmp_path / "no_momentum.ckpt")
+    forgetful = fit_losses(fresh(), 4, resume_from=tmp_path / "no_momentum.ckpt")
+    assert forgetful[1] != pytest.approx(uninterrupted[3], rel=1e-4)  # step 4's queue holds step 3's keys
 
 
 def test_simcse_pools_in_training_exactly_as_the_encoder_at_inference():

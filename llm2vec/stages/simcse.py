@@ -17,11 +17,18 @@ it over three seeds (README, "Three more levers").
 
 With `queue_size`, the second views of the latest batches (up to that many, detached) join every
 query's negatives: more negatives at no extra compute, a cross-batch memory (Wang et al., 2020, XBM)
-in place of a larger batch. ESimCSE (Wu et al., 2022) and MoCo fill such a queue from a momentum
-encoder; here it holds the trained encoder's own recent embeddings, a few steps old. The queue
-travels in checkpoints, so a resumed run sees the same negatives. On Gemma-3-270M with Wiki1M, behind
-batches of 32, a queue of 32 tied over three seeds and one of 96 lost 0.25 dev at one seed (README,
-"A queue of earlier sentences").
+in place of a larger batch. By default it holds the trained encoder's own recent embeddings, a few
+steps old. The queue travels in checkpoints, so a resumed run sees the same negatives. On Gemma-3-270M
+with Wiki1M, behind batches of 32, a queue of 32 tied over three seeds and one of 96 lost 0.25 dev at
+one seed (README, "A queue of earlier sentences").
+
+With `momentum` (ESimCSE's 0.995; needs `queue_size`), a momentum encoder fills the queue instead, as
+in ESimCSE (Wu et al., 2022) and MoCo: the trainable weights' exponential moving average, updated
+after every optimizer step, embeds each batch's second views with dropout off (ESimCSE found that
+better) and without gradients, so the queue's negatives come from a slowly moving encoder rather than
+from one that changed under them. One more forward pass a step, without backward. The average is
+swapped into the trainable weights for that pass and swapped back, so no second model is held; it
+travels in checkpoints.
 
 With `projection_head`, the loss compares the two views after SimCSE's MLP (Gao et al., 2021: a
 dense layer and tanh over the pooled embedding, freshly initialised, trained with the adapter and
@@ -77,6 +84,7 @@ class SimCSE(ContrastiveStage):
         projection_head: bool = False,
         off_dropout_negatives: bool = False,
         dimension_loss_weight: float = 0.0,
+        momentum: float = 0.0,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -88,6 +96,10 @@ class SimCSE(ContrastiveStage):
             raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes neither queue_size nor both_ways")
         if dimension_loss_weight < 0:
             raise ValueError(f"dimension_loss_weight {dimension_loss_weight!r} must be a weight >= 0 (0: off)")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum {momentum!r} must be a decay in [0, 1) (0: off)")
+        if momentum and not queue_size:
+            raise ValueError("momentum fills the queue of negatives: set queue_size too")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways)
         set_attention_dropout(encoder.model, attention_dropout)
@@ -99,6 +111,37 @@ class SimCSE(ContrastiveStage):
         self.projection = projection_mlp(encoder.model.config.hidden_size) if projection_head else None
         self.off_dropout_negatives = off_dropout_negatives
         self.dimension_loss_weight = dimension_loss_weight
+        self.momentum = momentum
+        self.momentum_weights: list[torch.Tensor] | None = None  # the average of trainable_weights()
+        self.momentum_keys: torch.Tensor | None = None  # this batch's queue entries (momentum encoder)
+
+    def training_step(self, batch: list[str], batch_idx: int) -> torch.Tensor:
+        if self.momentum:
+            self.momentum_keys = self.momentum_embeddings(batch)
+        return super().training_step(batch, batch_idx)
+
+    def trainable_weights(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def momentum_embeddings(self, sentences: list[str]) -> torch.Tensor:
+        """The second views as the momentum encoder embeds them: averaged weights, dropout off."""
+        weights = self.trainable_weights()
+        if self.momentum_weights is None:  # the first step: the momentum encoder starts as the encoder
+            self.momentum_weights = [p.detach().clone() for p in weights]
+        self.momentum_weights = [w.to(p.device) for w, p in zip(self.momentum_weights, weights)]
+        views = self.second_views(sentences)
+        chunk = self.mini_batch_size or len(views)  # gradient caching's memory bound holds here too
+        with weights_swapped(weights, self.momentum_weights), dropout_off(self.encoder.model):
+            keys = [self.project(self.embed(views[i : i + chunk])) for i in range(0, len(views), chunk)]
+        return torch.cat(keys)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.momentum and self.momentum_weights is not None:
+            with torch.no_grad():
+                for average, weight in zip(self.momentum_weights, self.trainable_weights()):
+                    average.lerp_(weight, 1.0 - self.momentum)
 
     def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, ...]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
@@ -133,7 +176,7 @@ class SimCSE(ContrastiveStage):
             return off_dropout_loss(first, second, plain, self.loss.temperature)
         loss = self.loss(first, second, memory=self.queue)
         if self.queue_size:
-            recent = second.detach().float()
+            recent = (self.momentum_keys if self.momentum else second.detach()).float()
             if self.queue is not None:
                 recent = torch.cat([self.queue.to(recent.device), recent])
             self.queue = recent[-self.queue_size :]
@@ -143,11 +186,14 @@ class SimCSE(ContrastiveStage):
         super().on_save_checkpoint(checkpoint)
         if self.queue_size:  # every process keeps its own queue
             checkpoint["simcse_queue"] = gather_from_all_processes(None if self.queue is None else self.queue.cpu())
+        if self.momentum_weights is not None:  # one copy: every process holds the same weights
+            checkpoint["simcse_momentum_weights"] = [w.cpu() for w in self.momentum_weights]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         queues = checkpoint.get("simcse_queue", [])
         self.queue = queues[self.global_rank] if self.queue_size and self.global_rank < len(queues) else None
+        self.momentum_weights = checkpoint.get("simcse_momentum_weights") if self.momentum else None
 
     def batch_size(self, sentences: list[str]) -> int:
         return len(sentences)
@@ -164,6 +210,22 @@ def dropout_off(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextmanager
+def weights_swapped(weights: list[nn.Parameter], values: list[torch.Tensor]) -> Iterator[None]:
+    """`values` copied into `weights` (in place, so compiled layers and optimizers keep their
+    tensors), then the weights' own values copied back."""
+    with torch.no_grad():
+        saved = [w.detach().clone() for w in weights]
+        for weight, value in zip(weights, values):
+            weight.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, value in zip(weights, saved):
+                weight.copy_(value)
 
 
 def projection_mlp(hidden_size: int) -> nn.Sequential:
