@@ -28,7 +28,8 @@ after every optimizer step, embeds each batch's second views with dropout off (E
 better) and without gradients, so the queue's negatives come from a slowly moving encoder rather than
 from one that changed under them. One more forward pass a step, without backward. The average is
 swapped into the trainable weights for that pass and swapped back, so no second model is held; it
-travels in checkpoints.
+travels in checkpoints. On Gemma-3-270M with Wiki1M (`make run`'s recipe) a queue of 96 at decay 0.9
+lost 0.1 dev and 0.9 test at one seed (README, "ESimCSE's momentum encoder").
 
 With `projection_head`, the loss compares the two views after SimCSE's MLP (Gao et al., 2021: a
 dense layer and tanh over the pooled embedding, freshly initialised, trained with the adapter and
