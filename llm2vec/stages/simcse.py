@@ -24,11 +24,11 @@ one seed (README, "A queue of earlier sentences").
 
 With `momentum` (ESimCSE's 0.995; needs `queue_size`), a momentum encoder fills the queue instead, as
 in ESimCSE (Wu et al., 2022) and MoCo: the trainable weights' exponential moving average, updated
-after every optimizer step, embeds each batch's second views with dropout off (ESimCSE found that
-better) and without gradients, so the queue's negatives come from a slowly moving encoder rather than
-from one that changed under them. One more forward pass a step, without backward. The average is
-swapped into the trainable weights for that pass and swapped back, so no second model is held; it
-travels in checkpoints. On Gemma-3-270M with Wiki1M (`make run`'s recipe) a queue of 96 at decay 0.9
+after every optimizer step, embeds each batch's second views without gradients and with dropout off
+(keys free of dropout noise, SimCSE++'s argument for negatives), so the queue's negatives come from a
+slowly moving encoder rather than from one that changed under them. One more forward pass a step,
+without backward. The average is swapped into the trainable weights for that pass and swapped back,
+so no second model is held; it travels in checkpoints. On Gemma-3-270M with Wiki1M (`make run`'s recipe) a queue of 96 at decay 0.9
 lost 0.1 dev and 0.9 test at one seed (README, "ESimCSE's momentum encoder").
 
 With `projection_head`, the loss compares the two views after SimCSE's MLP (Gao et al., 2021: a
