@@ -111,8 +111,11 @@ class TrainingStage(LightningModule):
     def tokenizer(self):
         return self.encoder.tokenizer
 
+    def trainable_weights(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self):
-        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
+        optimizer = self.make_optimizer(self.trainable_weights())
         if self.make_scheduler is None:
             return optimizer
         scheduler = self.make_scheduler(optimizer)

@@ -63,8 +63,8 @@ class ContrastiveStage(TrainingStage):
         if self.mini_batch_size is None or size <= self.mini_batch_size:
             loss = self.batch_loss(*self.embed_batch(batch))
         else:
-            trainable = [p for p in self.parameters() if p.requires_grad]
-            loss = cached_loss(self.embed_batch, split_batch(batch, self.mini_batch_size), self.batch_loss, trainable)
+            loss = cached_loss(self.embed_batch, split_batch(batch, self.mini_batch_size), self.batch_loss,
+                               self.trainable_weights())
         self.log_step(loss, batch_size=size)
         return loss
 

@@ -121,9 +121,6 @@ class SimCSE(ContrastiveStage):
             self.momentum_keys = self.momentum_embeddings(batch)
         return super().training_step(batch, batch_idx)
 
-    def trainable_weights(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     @torch.no_grad()
     def momentum_embeddings(self, sentences: list[str]) -> torch.Tensor:
         """The second views as the momentum encoder embeds them: averaged weights, dropout off."""
