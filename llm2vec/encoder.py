@@ -7,7 +7,8 @@
 A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling, max length,
 attention, template), the trainable peft adapter (plain peft files at the top level), the adapters
 that were merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling
-weights when the pooling mode has any.
+weights when the pooling mode has any. A fully fine-tuned encoder (a stage with `lora: null`) holds
+its whole decoder instead (`decoder/`: config, weights, tokenizer), which the merged adapters are part of.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from llm2vec.pooling import Pooling, check_pooling_mode
 logger = logging.getLogger(__name__)
 
 POOLING_WEIGHTS = "pooling.pt"
+DECODER_DIR = "decoder"
 # What `save` writes besides the tokenizer: a new save deletes those of an older one it does not write.
-ENCODER_ENTRIES = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS, POOLING_WEIGHTS, "merged_adapters")
+ENCODER_ENTRIES = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS, POOLING_WEIGHTS, "merged_adapters", DECODER_DIR)
 PROGRESS_BAR_MIN_ITEMS = 256
 
 
@@ -90,6 +92,7 @@ class LLM2Vec(nn.Module):
         pooling: Pooling | None = None,
         echo: bool = False,
         template: str | None = None,
+        decoder_dir: str | None = None,
     ):
         super().__init__()
         self.model = model
@@ -98,6 +101,9 @@ class LLM2Vec(nn.Module):
         self.max_length = max_length
         self.base_model_name_or_path = base_model_name_or_path
         self.merged_adapters = list(merged_adapters)
+        # A fully fine-tuned decoder's folder (its weights are not base_model_name_or_path's); None: none.
+        self.decoder_dir = decoder_dir
+        self.weights_trained = False  # set by full fine-tuning: save then writes the decoder's weights
         self.pooling = pooling or Pooling(pooling_mode, hidden_size=model.config.hidden_size)
         # Echo embeddings (Springer et al., 2024): the text twice, pooling over the second copy,
         # which a causal model reads having seen the whole text once.
@@ -142,6 +148,7 @@ class LLM2Vec(nn.Module):
             base_model_name_or_path = saved["base_model_name_or_path"]
         elif Path(base_model_name_or_path).is_dir():
             _refuse_unfinished(Path(base_model_name_or_path))
+        decoder_dir = str(saved_root / saved["decoder"]) if saved.get("decoder") else None
         if isinstance(peft_model_name_or_path, (str, Path)):
             peft_model_name_or_path = [peft_model_name_or_path]
         for adapter in peft_model_name_or_path or []:
@@ -151,7 +158,7 @@ class LLM2Vec(nn.Module):
         for adapter in adapters:
             check_adapter_dir(adapter)
 
-        model, tokenizer = load_decoder(base_model_name_or_path, **_hf_kwargs(hf_kwargs))
+        model, tokenizer = load_decoder(decoder_dir or base_model_name_or_path, **_hf_kwargs(hf_kwargs))
         if saved_root is not None:
             check_fingerprint(saved_root, saved, model, base_model_name_or_path)
         # Every adapter but the last is merged (they were merged before the last one was trained);
@@ -177,6 +184,7 @@ class LLM2Vec(nn.Module):
             echo=_first_set(echo, saved.get("echo"), False),
             template=_first_set(template, saved.get("template")),
             merged_adapters=merged,
+            decoder_dir=decoder_dir,
         )
         pooling_file = saved_root / POOLING_WEIGHTS if saved_root else None
         if pooling_file is not None and pooling_file.is_file() and pooling_mode == saved["pooling_mode"]:
@@ -190,8 +198,10 @@ class LLM2Vec(nn.Module):
         # Written into a staging folder, then moved in with llm2vec_config.json last: a kill leaves
         # the old encoder, the new one, or a folder from_pretrained refuses (llm2vec.atomic).
         with atomic.directory(root, commit_last=CONFIG_NAME, replaces=ENCODER_ENTRIES) as staging:
+            decoder = self._save_decoder(staging / DECODER_DIR)
             merged_dirs = []
-            for index, adapter in enumerate(self.merged_adapters):
+            # Merged into the base before training, they are in the saved decoder's weights already.
+            for index, adapter in enumerate([] if self.weights_trained else self.merged_adapters):
                 name = f"merged_adapters/{index:02d}"
                 # The adapter files only: a training run dir also holds checkpoints, logs and metrics.
                 shutil.copytree(adapter, staging / name,
@@ -202,14 +212,15 @@ class LLM2Vec(nn.Module):
             if any(True for _ in self.pooling.parameters()):
                 torch.save(self.pooling.state_dict(), staging / POOLING_WEIGHTS)
             self.tokenizer.save_pretrained(staging)
-            loaded = sorted(str(p.relative_to(staging)) for p in staging.rglob("*")
-                            if p.is_file() and (p.name.startswith("adapter_") or p.name == POOLING_WEIGHTS))
+            loaded = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and (
+                p.name.startswith("adapter_") or p.name == POOLING_WEIGHTS or p.parts[-2] == DECODER_DIR))
             config = {
                 "base_model_name_or_path": self.base_model_name_or_path,
                 "pooling_mode": self.pooling_mode,
                 "max_length": self.max_length,
                 "enable_bidirectional": self.bidirectional,
                 "merged_adapters": merged_dirs,
+                "decoder": decoder,
                 "echo": self.echo,
                 "template": self.template,
                 "base_model": base_fingerprint(self.model),  # what the adapters fit
@@ -217,6 +228,21 @@ class LLM2Vec(nn.Module):
             }
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return root
+
+    def _save_decoder(self, folder: Path) -> str | None:
+        """The whole decoder into `folder` when its own weights were trained or loaded from such a
+        save; its name relative to the encoder's root, else None (the base model's weights are used)."""
+        if self.weights_trained:
+            if isinstance(self.model, PeftModel):
+                raise ValueError("an encoder with a LoRA adapter saves the adapter: weights_trained is for full "
+                                 "fine-tuning (a plain decoder)")
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+        elif self.decoder_dir is not None:
+            shutil.copytree(self.decoder_dir, folder)
+        else:
+            return None
+        return DECODER_DIR
 
     # ----------------------------------------------------------------- attention
     @property

@@ -62,6 +62,9 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
             raise EncoderFilesError(f"{encoder_dir} is not a saved encoder (no llm2vec_config.json): pass the "
                                     "run dirs of finished training runs or folders written by LLM2Vec.save")
         configs.append(read_config(encoder_dir))
+        if configs[-1].get("decoder"):
+            raise ValueError(f"{encoder_dir} is fully fine-tuned (its whole decoder is saved): a soup averages "
+                             "LoRA adapters, not decoders")
     for encoder_dir, config in zip(encoder_dirs[1:], configs[1:]):
         differences = [f"{key} {config.get(key)!r} vs {configs[0].get(key)!r}"
                        for key in SHARED_SETTINGS if config.get(key) != configs[0].get(key)]

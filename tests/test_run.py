@@ -85,6 +85,21 @@ def test_resume_continues_a_stopped_run_to_the_same_weights(run_app, tmp_path):
     assert train_losses(stopped) == pytest.approx(train_losses(tmp_path / "straight"), rel=1e-5)
 
 
+def test_full_fine_tuning_resumes_to_the_same_weights_and_saves_its_decoder(run_app, tmp_path):
+    common = ["stage=simcse", TINY_DATA["simcse"], "stage.module.lora=null", "model.dtype=float32",
+              "callbacks.model_checkpoint.every_n_train_steps=2", "stage.module.scheduler.num_training_steps=4"]
+    run_app(*common, "trainer.max_steps=4", run_dir=tmp_path / "straight")
+    stopped = tmp_path / "stopped"
+    run_app(*common, "trainer.max_steps=2", run_dir=stopped)
+    run_app(*common, "trainer.max_steps=4", "resume=true", run_dir=stopped)
+    weights = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(key.endswith("q_proj.weight") for key in weights)
+    assert not any("embed_tokens" in key for key in weights)  # frozen: rebuilt from the base on resume
+    assert (stopped / "decoder" / "model.safetensors").is_file() and not (stopped / "adapter_config.json").exists()
+    torch.testing.assert_close(embed(stopped), embed(tmp_path / "straight"), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(embed(stopped), embed("tiny-random-llama"))
+
+
 def test_resume_without_a_checkpoint_names_the_missing_file(run_app, tmp_path):
     with pytest.raises(FileNotFoundError, match="last.ckpt does not exist"):
         run_app("stage=simcse", TINY_DATA["simcse"], "resume=true", run_dir=tmp_path / "empty")

@@ -89,4 +89,9 @@ def test_soup_refuses_what_it_cannot_average(tmp_path):
         soup([mean, deeper], tmp_path / "out")
     with pytest.raises(EncoderFilesError, match="not a saved encoder"):
         soup([mean, tmp_path / "mean-adapter1"], tmp_path / "out")
+    full = LLM2Vec.from_pretrained(BASE)
+    full.weights_trained = True  # as full fine-tuning (lora: null) leaves it: saved with its whole decoder
+    full = full.save(tmp_path / "full")
+    with pytest.raises(ValueError, match="fully fine-tuned"):
+        soup([full, full], tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -459,6 +460,69 @@ def test_latent_attention_pooling_is_optimised_and_saved(tmp_path):
     loaded = LLM2Vec.from_pretrained(str(tmp_path))
     assert loaded.pooling_mode == "latent_attention"
     assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(loaded.pooling.parameters(), pooling))
+
+
+# ----------------------------------------------------------------------------- full fine-tuning
+
+
+def weights_of(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_full_fine_tuning_trains_all_but_the_embeddings_and_saves_the_whole_decoder(tmp_path):
+    mntp = MNTP("tiny-random-llama", LORA, ADAMW, dtype="float32")  # LoRA, then merged into the full fine-tuning
+    mntp.save(tmp_path / "mntp")
+    encoder = LLM2Vec.from_pretrained(str(tmp_path / "mntp"), merge_peft=True)
+    module = SimCSE(encoder, None, ADAMW)
+    model = module.encoder.model
+    assert not isinstance(model, PeftModel)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in model.named_parameters()} - {"embed_tokens.weight"}
+    before = weights_of(model)
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    after = weights_of(model)
+    assert torch.equal(after["embed_tokens.weight"], before["embed_tokens.weight"])
+    assert all(not torch.equal(after[name], before[name]) for name in trainable if "proj" in name)
+
+    module.save(tmp_path / "full")
+    saved = json.loads((tmp_path / "full" / "llm2vec_config.json").read_text())
+    assert saved["decoder"] == "decoder" and saved["merged_adapters"] == []  # MNTP's adapter is in the weights
+    assert not (tmp_path / "full" / "adapter_config.json").exists()
+    module.eval()
+    with torch.no_grad():
+        trained = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+        loaded = LLM2Vec.from_pretrained(str(tmp_path / "full")).encode(SENTENCES, convert_to_tensor=True)
+        started_from = LLM2Vec.from_pretrained(str(tmp_path / "mntp")).encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(loaded, trained)
+    assert not torch.allclose(loaded, started_from, atol=1e-4)
+
+
+def test_a_lora_stage_after_full_fine_tuning_saves_the_decoder_with_its_adapter(tmp_path):
+    # Full-fine-tuned MNTP with a new <mask> row, dropped again at save (on the plain decoder).
+    mntp = MNTP("tiny-random-llama", None, ADAMW, mask_token_type="mask", mask_ratio=0.5, dtype="float32")
+    ids = torch.randint(3, 1000, (2, 16))
+    assert torch.isfinite(manual_step(mntp, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
+    mntp.save(tmp_path / "mntp")
+    assert (tmp_path / "mntp" / "decoder" / "config.json").is_file()
+
+    module = SimCSE(LLM2Vec.from_pretrained(str(tmp_path / "mntp"), merge_peft=True), LORA, ADAMW)
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    module.save(tmp_path / "simcse")
+    assert (tmp_path / "simcse" / "decoder" / "config.json").is_file()  # copied: the adapter's base
+    assert (tmp_path / "simcse" / "adapter_config.json").is_file()
+    module.eval()
+    with torch.no_grad():
+        trained = module.encoder.encode(SENTENCES, convert_to_tensor=True)
+        loaded = LLM2Vec.from_pretrained(str(tmp_path / "simcse")).encode(SENTENCES, convert_to_tensor=True)
+        base = LLM2Vec.from_pretrained("tiny-random-llama").encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(loaded, trained)
+    assert not torch.allclose(loaded, base, atol=1e-4)
+
+
+def test_full_fine_tuning_refuses_16_bit_weights():
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="full fine-tuning .* needs float32 weights, not torch.bfloat16"):
+        SimCSE(encoder, None, ADAMW)
 
 
 # ----------------------------------------------------------------------------- supervised

@@ -1,4 +1,4 @@
-"""What every training stage shares: LoRA on the decoder backbone, the optimizer and its schedule,
+"""What every training stage shares: LoRA on the decoder backbone (or full fine-tuning), the optimizer and its schedule,
 lean checkpoints (trainable weights only) and saving the encoder into the run directory."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from lightning import LightningModule
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
@@ -21,12 +21,29 @@ from llm2vec.encoder import LLM2Vec
 logger = logging.getLogger(__name__)
 
 
-def add_lora(backbone: nn.Module, lora: dict, gradient_checkpointing: bool = False) -> PeftModel:
+def make_trainable(backbone: nn.Module, lora: dict | None, gradient_checkpointing: bool = False) -> nn.Module:
     """A fresh LoRA adapter (keys of peft's LoraConfig: r, lora_alpha, lora_dropout, target_modules)
-    on the bare decoder stack, so the saved adapter loads onto the backbone the encoder uses."""
+    on the bare decoder stack, so the saved adapter loads onto the backbone the encoder uses; with
+    `lora` None, full fine-tuning (`train_all_weights`)."""
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is None:
+        return train_all_weights(backbone)
     return get_peft_model(backbone, LoraConfig(**lora))
+
+
+def train_all_weights(backbone: nn.Module) -> nn.Module:
+    """Full fine-tuning (`lora: null`), as SimCSE trained BERT: every weight of the decoder trains but
+    the token embeddings (tied to the LM head in small decoders, and most of their parameters: 63% of
+    Gemma-3-270M's), so the vocabulary's geometry stays the pretrained one."""
+    low_precision = sorted({str(p.dtype) for p in backbone.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
+    if low_precision:
+        raise ValueError(f"full fine-tuning (lora: null) needs float32 weights, not {', '.join(low_precision)}: "
+                         "AdamW's small updates round away in 16-bit weights (set model.dtype=float32; "
+                         "bf16-mixed precision still runs the matmuls in bfloat16)")
+    backbone.requires_grad_(True)
+    backbone.get_input_embeddings().requires_grad_(False)
+    return backbone
 
 
 def set_attention_dropout(model: nn.Module, probability: float) -> None:
@@ -96,7 +113,8 @@ def torch_dtype(dtype: str | torch.dtype | None):
 
 
 class TrainingStage(LightningModule):
-    """Base of the stages: subclasses set `self.encoder` (an LLM2Vec whose model is a PeftModel)."""
+    """Base of the stages: subclasses set `self.encoder` (an LLM2Vec whose model is a PeftModel, or
+    the plain decoder with its weights trainable: full fine-tuning)."""
 
     encoder: LLM2Vec
 

@@ -1,4 +1,5 @@
-"""What the contrastive stages (SimCSE, supervised) share: an encoder with a fresh LoRA adapter, the
+"""What the contrastive stages (SimCSE, supervised) share: an encoder with a fresh LoRA adapter (or all its
+weights trainable: `lora: null`), the
 contrastive loss, texts embedded exactly as at inference (packed where the encoder allows it), and
 optional gradient caching (`mini_batch_size`, `llm2vec.gradient_cache`): a large batch's loss and
 gradients in a mini-batch's memory. The optimisation stays Lightning's automatic one: the cached
@@ -14,7 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleD
 from llm2vec.encoder import LLM2Vec
 from llm2vec.gradient_cache import cached_loss, split_batch
 from llm2vec.losses import ContrastiveLoss
-from llm2vec.stages.base import TrainingStage, add_lora
+from llm2vec.stages.base import TrainingStage, make_trainable
 
 
 class ContrastiveStage(TrainingStage):
@@ -25,7 +26,7 @@ class ContrastiveStage(TrainingStage):
     def __init__(
         self,
         encoder: LLM2Vec,
-        lora: dict,
+        lora: dict | None,
         optimizer: Callable,
         scheduler: Callable | None = None,
         temperature: float = 0.05,
@@ -38,7 +39,8 @@ class ContrastiveStage(TrainingStage):
             raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, "
                              "or null (no gradient caching)")
         super().__init__(optimizer, scheduler, compile_layers)
-        encoder.model = add_lora(encoder.model, lora, gradient_checkpointing)
+        encoder.model = make_trainable(encoder.model, lora, gradient_checkpointing)
+        encoder.weights_trained = lora is None  # full fine-tuning: save writes the decoder's weights
         self.encoder = encoder
         self.loss = ContrastiveLoss(temperature, both_ways)  # both_ways: GTE's loss (llm2vec.losses)
         self.mini_batch_size = mini_batch_size  # examples embedded at once; null: the whole batch

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from llm2vec.bidirectional import backbone_of
@@ -18,14 +19,14 @@ from llm2vec.encoder import LLM2Vec, is_saved_encoder
 from llm2vec.loading import load_decoder
 from llm2vec.losses import masked_next_token_loss
 from llm2vec.masking import MNTPMasking, check_mask_ratio, check_mask_strategy, check_mask_token_type, mask_token_id
-from llm2vec.stages.base import TrainingStage, add_lora, torch_dtype
+from llm2vec.stages.base import TrainingStage, make_trainable, torch_dtype
 
 
 class MNTP(TrainingStage):
     def __init__(
         self,
         model_name_or_path: str,
-        lora: dict,
+        lora: dict | None,
         optimizer: Callable,
         scheduler: Callable | None = None,
         mask_token_type: str = "blank",
@@ -56,7 +57,7 @@ class MNTP(TrainingStage):
         self.masking = MNTPMasking(mask_id, self.vocab_size, mask_ratio, mask_strategy, tokenizer.all_special_ids)
         self.lm_head = causal_lm.get_output_embeddings().requires_grad_(False)
         self.logit_softcap = getattr(causal_lm.config, "final_logit_softcapping", None)  # Gemma 2
-        backbone = add_lora(backbone_of(causal_lm), lora, gradient_checkpointing)
+        backbone = make_trainable(backbone_of(causal_lm), lora, gradient_checkpointing)
         self.encoder = LLM2Vec(
             backbone,
             tokenizer,
@@ -65,6 +66,7 @@ class MNTP(TrainingStage):
             enable_bidirectional=enable_bidirectional,
             base_model_name_or_path=model_name_or_path,
         )
+        self.encoder.weights_trained = lora is None  # full fine-tuning: save writes the decoder's weights
         self.encoder.pooling.requires_grad_(False)  # MNTP does not pool
 
     def sharded_root(self) -> nn.Module:
@@ -87,8 +89,9 @@ class MNTP(TrainingStage):
 
     def save(self, path: str | Path) -> Path:
         if self.adds_mask_token:
-            # The <mask> row exists for training only: drop it, so the adapter fits the original vocabulary.
-            self.encoder.model.get_base_model().resize_token_embeddings(self.vocab_size)
+            # The <mask> row exists for training only: drop it, so the encoder fits the original vocabulary.
+            model = self.encoder.model
+            (model.get_base_model() if isinstance(model, PeftModel) else model).resize_token_embeddings(self.vocab_size)
             self.adds_mask_token = False
         return super().save(path)
 

@@ -70,7 +70,7 @@ class SimCSE(ContrastiveStage):
     def __init__(
         self,
         encoder: LLM2Vec,
-        lora: dict,
+        lora: dict | None,
         optimizer: Callable,
         scheduler: Callable | None = None,
         temperature: float = 0.05,

@@ -15,7 +15,7 @@ class Supervised(ContrastiveStage):
     def __init__(
         self,
         encoder: LLM2Vec,
-        lora: dict,
+        lora: dict | None,
         optimizer: Callable,
         scheduler: Callable | None = None,
         temperature: float = 0.02,
