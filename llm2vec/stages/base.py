@@ -1,5 +1,5 @@
-"""What every training stage shares: LoRA on the decoder backbone (or full fine-tuning), the optimizer and its schedule,
-lean checkpoints (trainable weights only) and saving the encoder into the run directory."""
+"""What every training stage shares: LoRA on the decoder backbone (or full fine-tuning), the optimizer
+and its schedule, lean checkpoints (trainable weights only) and saving the encoder into the run directory."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def train_all_weights(backbone: nn.Module) -> nn.Module:
     """Full fine-tuning (`lora: null`), as SimCSE trained BERT: every weight of the decoder trains but
     the token embeddings (tied to the LM head in small decoders, and most of their parameters: 63% of
     Gemma-3-270M's), so the vocabulary's geometry stays the pretrained one."""
-    low_precision = sorted({str(p.dtype) for p in backbone.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
+    sixteen_bit = (torch.bfloat16, torch.float16)
+    low_precision = sorted({str(p.dtype) for p in backbone.parameters() if p.dtype in sixteen_bit})
     if low_precision:
         raise ValueError(f"full fine-tuning (lora: null) needs float32 weights, not {', '.join(low_precision)}: "
                          "AdamW's small updates round away in 16-bit weights (set model.dtype=float32; "

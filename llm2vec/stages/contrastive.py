@@ -1,9 +1,9 @@
-"""What the contrastive stages (SimCSE, supervised) share: an encoder with a fresh LoRA adapter (or all its
-weights trainable: `lora: null`), the
-contrastive loss, texts embedded exactly as at inference (packed where the encoder allows it), and
-optional gradient caching (`mini_batch_size`, `llm2vec.gradient_cache`): a large batch's loss and
-gradients in a mini-batch's memory. The optimisation stays Lightning's automatic one: the cached
-step returns one loss whose single backward gives the whole batch's gradients."""
+"""What the contrastive stages (SimCSE, supervised) share: an encoder with a fresh LoRA adapter (or
+all its weights trainable: `lora: null`), the contrastive loss, texts embedded exactly as at inference
+(packed where the encoder allows it), and optional gradient caching (`mini_batch_size`,
+`llm2vec.gradient_cache`): a large batch's loss and gradients in a mini-batch's memory. The
+optimisation stays Lightning's automatic one: the cached step returns one loss whose single backward
+gives the whole batch's gradients."""
 
 from __future__ import annotations
 

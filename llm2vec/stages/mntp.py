@@ -91,7 +91,8 @@ class MNTP(TrainingStage):
         if self.adds_mask_token:
             # The <mask> row exists for training only: drop it, so the encoder fits the original vocabulary.
             model = self.encoder.model
-            (model.get_base_model() if isinstance(model, PeftModel) else model).resize_token_embeddings(self.vocab_size)
+            decoder = model.get_base_model() if isinstance(model, PeftModel) else model
+            decoder.resize_token_embeddings(self.vocab_size)
             self.adds_mask_token = False
         return super().save(path)
 
