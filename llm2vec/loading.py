@@ -131,10 +131,20 @@ def materialize_tiny(architecture: str) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename a finished model folder into place. Runs started side by side (a sweep's JOBS > 1) each
+    build it; a rename onto a folder another one published first fails, and that folder is as good."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
 
 
 def resolve_weights(name_or_path: str) -> str:
@@ -172,7 +182,7 @@ def materialize_gguf(gguf: Path) -> Path:
     try:
         _dequantized(gguf).save_pretrained(staging)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
-        os.replace(staging, target)
+        _publish(staging, target)
     finally:  # on error, or when another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -5,12 +5,14 @@ is downloaded: HF_HUB_OFFLINE is set for the whole module."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
 from models import random_ids
 
+from llm2vec import loading
 from llm2vec.loading import (
     SHIPPED_MODELS,
     ShippedGGUF,
@@ -168,3 +170,50 @@ def test_a_missing_path_names_it(path):
 def test_an_unknown_tiny_architecture_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown tiny architecture 'gpt9': choose llama, mistral, .*phi3"):
         load_decoder("tiny-random-gpt9")
+
+
+
+@pytest.fixture
+def tiny_target(tmp_path, monkeypatch):
+    """Where materialize_tiny builds tiny-random-llama in an empty cache (SmolLM2's tokenizer from the
+    usual one: dequantizing it again would take 15 s)."""
+    smollm2 = resolve_weights("smollm2-135m")
+    monkeypatch.setattr(loading, "resolve_weights", lambda name: smollm2)
+    monkeypatch.setenv("LLM2VEC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "models" / "tiny-random-llama"
+
+
+def while_staging(monkeypatch, target, other_run):
+    """Run `other_run(target)` as the staging folder beside `target` is made."""
+    mkdtemp = loading.tempfile.mkdtemp
+
+    def staging(**kwargs):
+        if Path(kwargs["dir"]) == target.parent:
+            other_run(target)
+        return mkdtemp(**kwargs)
+
+    monkeypatch.setattr(loading.tempfile, "mkdtemp", staging)
+
+
+def test_a_model_another_run_published_first_is_kept(tiny_target, monkeypatch):
+    """Runs started side by side (a sweep's JOBS=6) each build the cached model; the later rename
+    lands on the folder the first one published, which must be used, not an error."""
+    def publish(target):
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    while_staging(monkeypatch, tiny_target, publish)
+    assert materialize_tiny("llama") == tiny_target
+    assert (tiny_target / "config.json").read_text() == "{}"
+    assert [p.name for p in tiny_target.parent.iterdir()] == ["tiny-random-llama"]  # no staging left
+
+
+def test_a_failed_publish_without_a_model_in_place_still_raises(tiny_target, monkeypatch):
+    def leave_a_stray_folder(target):
+        target.mkdir(parents=True)
+        (target / "stray").write_text("not a model")
+
+    while_staging(monkeypatch, tiny_target, leave_a_stray_folder)
+    with pytest.raises(OSError):
+        materialize_tiny("llama")
+    assert [p.name for p in tiny_target.parent.iterdir()] == ["tiny-random-llama"]
