@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import time
 from pathlib import Path
 
 import hydra
@@ -23,6 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning import Trainer, seed_everything
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,18 +77,18 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
     data = instantiate(cfg.data)
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    timer = Timer()  # the training time, kept in checkpoints: a resumed run's cost counts every part
     # Checkpoints are written atomically unless the trainer config brings its own plugins.
     plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
-                          **plugins)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, timer],
+                          default_root_dir=str(run_dir), **plugins)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, trainer))
     if trainer.is_global_zero:
         module.save(run_dir)
-        # The training cost, for llm2vec.compare (after a resume: the time of the last part only).
-        cost = {"steps": trainer.global_step, "seconds": time.perf_counter() - start}
+        # The training cost, for llm2vec.compare (steps redone after a resume count again).
+        cost = {"steps": trainer.global_step, "seconds": timer.time_elapsed("train")}
         atomic.write_json(run_dir / "train.json", cost)
     return trainer, loggers
 

@@ -85,6 +85,22 @@ def test_resume_continues_a_stopped_run_to_the_same_weights(run_app, tmp_path):
     assert train_losses(stopped) == pytest.approx(train_losses(tmp_path / "straight"), rel=1e-5)
 
 
+def test_a_resumed_runs_cost_counts_the_time_before_the_stop(run_app, tmp_path):
+    common = ["stage=simcse", TINY_DATA["simcse"], "callbacks.model_checkpoint.every_n_train_steps=2"]
+    stopped = tmp_path / "stopped"
+    run_app(*common, "trainer.max_steps=2", run_dir=stopped)
+    first_part = json.loads((stopped / "train.json").read_text())["seconds"]
+    last = stopped / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    saved = checkpoint["callbacks"]["Timer"]["time_elapsed"]
+    assert 0 < saved["train"] <= first_part
+    saved["train"] = 1000.0  # as if the first part had trained for 1,000 s
+    torch.save(checkpoint, last)
+    run_app(*common, "trainer.max_steps=4", "resume=true", run_dir=stopped)
+    cost = json.loads((stopped / "train.json").read_text())
+    assert cost["steps"] == 4 and 1000 < cost["seconds"] < 1000 + 600
+
+
 def test_full_fine_tuning_resumes_to_the_same_weights_and_saves_its_decoder(run_app, tmp_path):
     common = ["stage=simcse", TINY_DATA["simcse"], "stage.module.lora=null", "model.dtype=float32",
               "callbacks.model_checkpoint.every_n_train_steps=2", "stage.module.scheduler.num_training_steps=4"]
