@@ -87,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, trainer))
     if trainer.is_global_zero:
         module.save(run_dir)
-        # The training cost, for llm2vec.compare (steps redone after a resume count again).
+        # The training cost, for llm2vec.compare (resumed: the time up to its checkpoint, plus since).
         cost = {"steps": trainer.global_step, "seconds": timer.time_elapsed("train")}
         atomic.write_json(run_dir / "train.json", cost)
     return trainer, loggers
