@@ -66,6 +66,17 @@ def test_table_plots_and_html_from_a_sweep(tmp_path):
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "weighted_mean" in page
 
 
+def test_one_setting_over_seeds_plots_only_its_training_curves(tmp_path):
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    for seed, score in ((1, 60.0), (2, 50.0), (3, 52.0)):
+        fake_run(sweep, ["model.mask_ratio=0.8", "data.batch_size=32", f"seed={seed}"], score, [3.0, 2.0])
+    written = compare([sweep], tmp_path / "out")
+    header, *body = list(csv.reader(written["csv"].open()))
+    assert len(body) == 1 and "model.mask_ratio" in header  # the one row names its settings
+    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["training_curves.png"]
+
+
 def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         find_runs([tmp_path])

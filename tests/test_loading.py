@@ -172,7 +172,6 @@ def test_an_unknown_tiny_architecture_lists_the_known_ones():
         load_decoder("tiny-random-gpt9")
 
 
-
 @pytest.fixture
 def tiny_target(tmp_path, monkeypatch):
     """Where materialize_tiny builds tiny-random-llama in an empty cache (SmolLM2's tokenizer from the
