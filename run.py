@@ -77,10 +77,15 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
     data = instantiate(cfg.data)
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    timer = Timer()  # the training time, kept in checkpoints: a resumed run's cost counts every part
+    # The training time, kept in checkpoints: a resumed run's cost counts every part. A Timer of the
+    # config's (e.g. a duration limit on a cluster) serves; a second one would clash in checkpoints.
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
+    if timer is None:
+        timer = Timer()
+        callbacks.append(timer)
     # Checkpoints are written atomically unless the trainer config brings its own plugins.
     plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, timer],
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           default_root_dir=str(run_dir), **plugins)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

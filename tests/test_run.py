@@ -101,6 +101,17 @@ def test_a_resumed_runs_cost_counts_the_time_before_the_stop(run_app, tmp_path):
     assert cost["steps"] == 4 and 1000 < cost["seconds"] < 1000 + 600
 
 
+def test_a_timer_of_the_config_counts_the_cost(run_app, tmp_path):
+    """A Timer in the callbacks config (a time limit, say) is the one train.json reads: no second one."""
+    run_dir = tmp_path / "timed"
+    run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2",
+            "+callbacks.timer={_target_: lightning.pytorch.callbacks.Timer, duration: '00:01:00:00'}", run_dir=run_dir)
+    cost = json.loads((run_dir / "train.json").read_text())
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    assert cost["steps"] == 2 and [key for key in saved if "Timer" in key] == ["Timer"]
+    assert 0 < saved["Timer"]["time_elapsed"]["train"] <= cost["seconds"]
+
+
 def test_full_fine_tuning_resumes_to_the_same_weights_and_saves_its_decoder(run_app, tmp_path):
     common = ["stage=simcse", TINY_DATA["simcse"], "stage.module.lora=null", "model.dtype=float32",
               "callbacks.model_checkpoint.every_n_train_steps=2", "stage.module.scheduler.num_training_steps=4"]
