@@ -12,20 +12,10 @@ from llm2vec.stages.contrastive import ContrastiveStage
 
 
 class Supervised(ContrastiveStage):
-    def __init__(
-        self,
-        encoder: LLM2Vec,
-        lora: dict | None,
-        optimizer: Callable,
-        scheduler: Callable | None = None,
-        temperature: float = 0.02,
-        gradient_checkpointing: bool = False,
-        compile_layers: bool = False,
-        mini_batch_size: int | None = None,
-        both_ways: bool = False,
-    ):
-        super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
-                         mini_batch_size, both_ways)
+    def __init__(self, encoder: LLM2Vec, lora: dict | None, optimizer: Callable, scheduler: Callable | None = None,
+                 temperature: float = 0.02, **options):
+        """ContrastiveStage's arguments; only the default temperature is the supervised step's own."""
+        super().__init__(encoder, lora, optimizer, scheduler, temperature, **options)
 
     def embed_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ([instruction, query] pairs), positives and hard negatives (none: zero rows)."""
