@@ -292,7 +292,8 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
     metric = score_metric(rows)
     # Settings, not the paths of the runs a row builds on (e.g. mntp_run: it follows from the others);
     # one row (its seeds) has no setting to plot the score against.
-    keys = [k for k in varied_keys(rows) if len(rows) > 1 and not any("/" in row["swept"].get(k, "") for row in rows)]
+    swept = varied_keys(rows) if len(rows) > 1 else []
+    keys = [k for k in swept if not any("/" in row["swept"].get(k, "") for row in rows)]
     numeric = [k for k in keys if all(_is_number(row["swept"].get(k, "")) for row in rows)]
     categorical = [k for k in keys if k not in numeric]
     written = []

@@ -547,8 +547,7 @@ def test_supervised_step_uses_queries_positives_and_hard_negatives():
 
 
 def test_supervised_step_defaults_to_the_papers_temperature_and_passes_the_rest_on():
-    encoder = LLM2Vec.from_pretrained("tiny-random-llama")
-    assert Supervised(encoder, LORA, ADAMW).loss.temperature == 0.02
+    assert Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW).loss.temperature == 0.02
     module = Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW, mini_batch_size=2, both_ways=True)
     assert (module.mini_batch_size, module.loss.both_ways) == (2, True)
     with pytest.raises(TypeError, match="attention_dropout"):  # a SimCSE option: not silently dropped
