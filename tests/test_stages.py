@@ -168,6 +168,29 @@ def test_simcse_dropout_makes_the_two_views_differ_in_training_only():
     assert torch.allclose(first, second)
 
 
+def test_simcse_hidden_dropout_noises_each_layers_attention_and_mlp_outputs_in_training_only():
+    module = simcse(attention_dropout=0.0, hidden_dropout=0.1)
+    outputs = []
+    mlp = module.encoder.model.get_base_model().layers[0].mlp
+    mlp.register_forward_hook(lambda m, args, output: outputs.append(output))
+    module.train()
+    first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert not torch.allclose(first, second)
+    module.eval()
+    with torch.no_grad():
+        first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert torch.allclose(first, second)
+    trained, evaluated = outputs
+    kept = evaluated != 0  # the packed rows' padding is 0 either way
+    assert 0.07 < (trained[kept] == 0).float().mean().item() < 0.13  # about one in ten dropped
+    assert simcse(attention_dropout=0.0).encoder.model.get_base_model().layers[0].mlp._forward_hooks == {}
+
+
+def test_simcse_refuses_a_hidden_dropout_that_is_not_a_probability():
+    with pytest.raises(ValueError, match="hidden_dropout 1.0 must be a probability"):
+        simcse(hidden_dropout=1.0)
+
+
 def test_simcse_instruction_goes_on_the_first_view_only():
     module = simcse(attention_dropout=0.0, instruction="Instruct:")
     module.eval()

@@ -4,6 +4,7 @@ and its schedule, lean checkpoints (trainable weights only) and saving the encod
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +57,35 @@ def set_attention_dropout(model: nn.Module, probability: float) -> None:
         module.attention_dropout = probability
 
 
+def add_hidden_dropout(model: nn.Module, probability: float) -> None:
+    """BERT's hidden dropout, the noise of SimCSE-BERT (0.1 there): dropout on each decoder layer's
+    attention and MLP outputs before they join the residual stream, which decoders such as Llama
+    and Gemma do not have. Forward hooks, active in training mode only; 0 adds none."""
+    if not 0.0 <= probability < 1.0:
+        raise ValueError(f"hidden_dropout {probability!r} must be a probability in [0, 1) (0: off)")
+    if not probability:
+        return
+    blocks = [block for layer in decoder_layers(model) for name, block in layer.named_children()
+              if name in ("self_attn", "mlp")]
+    if not blocks:
+        raise ValueError(f"hidden_dropout: no self_attn or mlp block in the decoder layers of {type(model).__name__}")
+    for block in blocks:
+        block.register_forward_hook(partial(_drop_block_output, probability))
+
+
+def _drop_block_output(probability: float, block: nn.Module, inputs, output):
+    if isinstance(output, tuple):  # attention: (states, weights)
+        return (nn.functional.dropout(output[0], probability, block.training), *output[1:])
+    return nn.functional.dropout(output, probability, block.training)
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder's repeated blocks: transformers names their class in `_no_split_modules`."""
+    models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    layer_classes = {name for m in models for name in m._no_split_modules or []}
+    return [m for m in model.modules() if type(m).__name__ in layer_classes]
+
+
 def skip_adapter_input_casts(model: nn.Module) -> None:
     """Under autocast the matmuls pick their own dtype; without this, peft copies every activation
     into the adapter's float32 before each LoRA matmul (a large share of a CPU training step)."""
@@ -69,10 +99,7 @@ def compile_decoder_layers(model: nn.Module) -> int:
     graph (compiling costs about one layer's time) that fuses their element-wise work, LoRA's and the
     autocast casts included; masks, pooling and the loss stay eager. Returns the number of layers
     compiled: none on a CPU without a C++ compiler (inductor's CPU kernels need one), with a warning."""
-    # transformers names each model's repeated block (the decoder layer) in _no_split_modules.
-    models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
-    layer_classes = {name for m in models for name in m._no_split_modules or []}
-    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    layers = decoder_layers(model)
     if not layers:
         raise ValueError(f"compile_layers: no decoder layers found in {type(model).__name__}")
     if next(model.parameters()).device.type == "cpu" and not has_cpp_compiler():

@@ -4,6 +4,10 @@ different dropout; the two views of a sentence are positives, the other sentence
 The encoder arrives with its earlier adapters merged (e.g. an MNTP run); a fresh LoRA adapter is
 trained on top. Pooling is the encoder's own forward, so training pools exactly like inference.
 
+The views' noise is `attention_dropout` (LLM2Vec's: 0.3 on the attention weights) and, with
+`hidden_dropout`, BERT's dropout on each layer's attention and MLP outputs as well (SimCSE-BERT's
+noise, 0.1), which decoders do not have.
+
 With `instruction`, the first view of every sentence carries it ([instruction, sentence]: attended
 to, never pooled) and the second does not, so the loss asks for a text's embedding alike with and
 without the instruction. Meant to spare an encoder the points an instruction at evaluation costs; on
@@ -62,7 +66,7 @@ from torch import nn
 from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
 from llm2vec.losses import dimension_contrastive_loss, off_dropout_loss
-from llm2vec.stages.base import gather_from_all_processes, set_attention_dropout
+from llm2vec.stages.base import add_hidden_dropout, gather_from_all_processes, set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
 
 
@@ -86,6 +90,7 @@ class SimCSE(ContrastiveStage):
         off_dropout_negatives: bool = False,
         dimension_loss_weight: float = 0.0,
         momentum: float = 0.0,
+        hidden_dropout: float = 0.0,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -104,6 +109,7 @@ class SimCSE(ContrastiveStage):
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways)
         set_attention_dropout(encoder.model, attention_dropout)
+        add_hidden_dropout(encoder.model, hidden_dropout)
         self.instruction = instruction
         self.word_repetition = word_repetition
         self.queue_size = queue_size
