@@ -155,34 +155,34 @@ def simcse(pooling_mode: str = "mean", attention_dropout: float = 0.3, **kwargs)
     return SimCSE(encoder, LORA, ADAMW, attention_dropout=attention_dropout, **kwargs)
 
 
+def assert_views_differ_in_training_only(module: SimCSE) -> None:
+    module.train()
+    first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert not torch.allclose(first, second)
+    module.eval()
+    with torch.no_grad():
+        first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
+    assert torch.allclose(first, second)
+
+
 def test_simcse_dropout_makes_the_two_views_differ_in_training_only():
     module = simcse()
     attention = [m for m in module.encoder.model.modules() if hasattr(m, "attention_dropout")]
     assert attention and all(m.attention_dropout == 0.3 for m in attention)
-    module.train()
-    first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
-    assert not torch.allclose(first, second)
-    module.eval()
-    with torch.no_grad():
-        first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
-    assert torch.allclose(first, second)
+    assert_views_differ_in_training_only(module)
 
 
 def test_simcse_hidden_dropout_noises_each_layers_attention_and_mlp_outputs_in_training_only():
     module = simcse(attention_dropout=0.0, hidden_dropout=0.1)
-    outputs = []
-    mlp = module.encoder.model.get_base_model().layers[0].mlp
-    mlp.register_forward_hook(lambda m, args, output: outputs.append(output))
-    module.train()
-    first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
-    assert not torch.allclose(first, second)
-    module.eval()
-    with torch.no_grad():
-        first, second = module.embed(SENTENCES + SENTENCES).chunk(2)
-    assert torch.allclose(first, second)
-    trained, evaluated = outputs
-    kept = evaluated != 0  # the packed rows' padding is 0 either way
-    assert 0.07 < (trained[kept] == 0).float().mean().item() < 0.13  # about one in ten dropped
+    layer = module.encoder.model.get_base_model().layers[0]
+    outputs = {"self_attn": [], "mlp": []}
+    for name, states in outputs.items():  # registered after the dropout's hook: they see its output
+        getattr(layer, name).register_forward_hook(
+            lambda m, args, output, states=states: states.append(output[0] if isinstance(output, tuple) else output))
+    assert_views_differ_in_training_only(module)
+    for trained, evaluated in outputs.values():
+        kept = evaluated != 0  # the packed rows' padding is 0 either way
+        assert 0.07 < (trained[kept] == 0).float().mean().item() < 0.13  # about one in ten dropped
     assert simcse(attention_dropout=0.0).encoder.model.get_base_model().layers[0].mlp._forward_hooks == {}
 
 
