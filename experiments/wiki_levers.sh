@@ -12,6 +12,8 @@
 #   rank<n>      SimCSE LoRA rank n (alpha 2n, as the recipe's 16/32)
 #   steps2x      twice the SimCSE steps, the STS-B scores every SIMCSE_STEPS/2 steps (the score-vs-minutes curve)
 #   wr<x>        word repetition (ESimCSE) at rate x on the second view of each SimCSE sentence
+#   hd<x>        hidden dropout x (BERT's, on each layer's attention and MLP outputs) besides the attention dropout
+#   warmup<n>    n steps of linear learning-rate warmup (the recipe has none)
 #   instruction  the STS instruction on the first view of each SimCSE sentence; it and the recipe are
 #                also scored with the instruction (stage=eval on the saved encoders)
 # Settings: experiments/common.sh.
@@ -23,7 +25,7 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
-  LEVERS=${LEVERS:-lr1e-3,dropout0.1,temperature0.2,mntp0,steps2x,batch8,instruction,minwords2,rank4,wr0.32}  # twelve fixture sentences
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,temperature0.2,mntp0,steps2x,batch8,instruction,minwords2,rank4,wr0.32,hd0.1,warmup1}  # twelve fixture sentences
 fi
 LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
@@ -55,6 +57,8 @@ for lever in ${LEVERS//,/ }; do
     steps2x) steps=$((2 * SIMCSE_STEPS))
              extra=(callbacks=sts_curve "callbacks.sts_curve.every_n_train_steps=$((SIMCSE_STEPS / 2))") ;;
     wr*) tag=-$lever extra=("stage.module.word_repetition=${lever#wr}") ;;
+    hd*) tag=-$lever extra=("stage.module.hidden_dropout=${lever#hd}") ;;
+    warmup*) tag=-$lever extra=("stage.module.scheduler.num_warmup_steps=${lever#warmup}") ;;
     instruction) tag=-instruction extra=("stage.module.instruction='$INSTRUCTION'") ;;
     *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
   esac
