@@ -14,6 +14,7 @@
 #   wr<x>        word repetition (ESimCSE) at rate x on the second view of each SimCSE sentence
 #   hd<x>        hidden dropout x (BERT's, on each layer's attention and MLP outputs) besides the attention dropout
 #   warmup<n>    n steps of linear learning-rate warmup (the recipe has none)
+#   margin<x>    ArcCSE's angular margin of x radians on the positives
 #   instruction  the STS instruction on the first view of each SimCSE sentence; it and the recipe are
 #                also scored with the instruction (stage=eval on the saved encoders)
 # Settings: experiments/common.sh.
@@ -25,7 +26,7 @@ source "$(dirname "$0")/common.sh"
 TEMPERATURE=${TEMPERATURE:-0.1}
 DROPOUT=${DROPOUT:-0.3}
 if [ -n "${SMOKE:-}" ]; then
-  LEVERS=${LEVERS:-lr1e-3,dropout0.1,temperature0.2,mntp0,steps2x,batch8,instruction,minwords2,rank4,wr0.32,hd0.1,warmup1}  # twelve fixture sentences
+  LEVERS=${LEVERS:-lr1e-3,dropout0.1,temperature0.2,mntp0,steps2x,batch8,instruction,minwords2,rank4,wr0.32,hd0.1,warmup1,margin0.1}  # twelve fixture sentences
 fi
 LEVERS=${LEVERS:-lr1e-3,instruction,steps2x,dropout0.1,dropout0.5,mntp0,batch64,minwords5}
 INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
@@ -59,6 +60,7 @@ for lever in ${LEVERS//,/ }; do
     wr*) tag=-$lever extra=("stage.module.word_repetition=${lever#wr}") ;;
     hd*) tag=-$lever extra=("stage.module.hidden_dropout=${lever#hd}") ;;
     warmup*) tag=-$lever extra=("stage.module.scheduler.num_warmup_steps=${lever#warmup}") ;;
+    margin*) tag=-$lever extra=("stage.module.margin=${lever#margin}") ;;
     instruction) tag=-instruction extra=("stage.module.instruction='$INSTRUCTION'") ;;
     *) echo "unknown lever: $lever (see the header of $0)" >&2; exit 2 ;;
   esac

@@ -65,6 +65,32 @@ def test_temperature_must_be_positive():
         ContrastiveLoss(temperature=0)
 
 
+def test_margin_scores_each_positive_at_its_angle_plus_the_margin_hand_computed():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    positives = torch.tensor([[math.sqrt(3), 1.0], [1.0, 1.0]])
+    # angles: q0.p0 = pi/6, q0.p1 = pi/4, q1.p0 = pi/3, q1.p1 = pi/4; the margin pi/12 moves the positives'
+    r, m = 1 / math.sqrt(2), math.pi / 12
+    row0 = [math.cos(math.pi / 6 + m), r]
+    row1 = [0.5, math.cos(math.pi / 4 + m)]
+    expected = (cross_entropy([s / 0.5 for s in row0], 0) + cross_entropy([s / 0.5 for s in row1], 1)) / 2
+    loss = ContrastiveLoss(temperature=0.5, margin=m)(queries, positives)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() > ContrastiveLoss(temperature=0.5)(queries, positives).item()
+
+
+def test_margin_keeps_a_finite_gradient_when_the_views_are_identical():
+    # The two views' cosine is 1, where acos's derivative is infinite: the clamp keeps it finite.
+    queries = torch.randn(3, 4, requires_grad=True)
+    ContrastiveLoss(temperature=0.1, margin=0.2)(queries, queries.detach().clone()).backward()
+    assert torch.isfinite(queries.grad).all()
+
+
+@pytest.mark.parametrize("margin", [-0.1, math.pi / 2])
+def test_margin_must_be_an_angle_below_a_right_angle(margin):
+    with pytest.raises(ValueError, match="margin"):
+        ContrastiveLoss(margin=margin)
+
+
 def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str,
             both_ways: bool = False, off_dropout: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

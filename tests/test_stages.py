@@ -233,6 +233,15 @@ def test_simcse_both_ways_trains_on_gtes_loss():
     assert not torch.allclose(expected, plain.batch_loss(first, second))  # off by default
 
 
+def test_simcse_margin_trains_on_arccses_loss():
+    first, second = torch.randn(4, 8), torch.randn(4, 8)
+    module = simcse(margin=0.2, temperature=0.1)
+    expected = ContrastiveLoss(temperature=0.1, margin=0.2)(first, second)
+    torch.testing.assert_close(module.batch_loss(first, second), expected)
+    assert not torch.allclose(expected, simcse(temperature=0.1).batch_loss(first, second))  # off by default
+    assert torch.isfinite(manual_step(module, SENTENCES))
+
+
 def test_simcse_projection_head_trains_with_the_loss_and_stays_out_of_the_saved_encoder(tmp_path):
     torch.manual_seed(0)
     module = simcse(projection_head=True, attention_dropout=0.0)
@@ -272,7 +281,7 @@ def test_simcse_off_dropout_negatives_embed_the_sentences_a_third_time_without_d
     torch.testing.assert_close(module.batch_loss(first, second, plain), off_dropout_loss(first, second, plain, 0.1))
     assert torch.isfinite(manual_step(module, SENTENCES))
     assert len(simcse().embed_batch(SENTENCES)) == 2  # off by default
-    for clash in (dict(queue_size=4), dict(both_ways=True)):
+    for clash in (dict(queue_size=4), dict(both_ways=True), dict(margin=0.1)):
         with pytest.raises(ValueError, match="off_dropout_negatives"):
             simcse(off_dropout_negatives=True, **clash)
 
@@ -571,7 +580,7 @@ def test_supervised_step_uses_queries_positives_and_hard_negatives():
 
 def test_supervised_step_defaults_to_the_papers_temperature_and_passes_the_rest_on():
     assert Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW).loss.temperature == 0.02
-    module = Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW, mini_batch_size=2, both_ways=True)
-    assert (module.mini_batch_size, module.loss.both_ways) == (2, True)
+    module = Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW, mini_batch_size=2, both_ways=True, margin=0.1)
+    assert (module.mini_batch_size, module.loss.both_ways, module.loss.margin) == (2, True, 0.1)
     with pytest.raises(TypeError, match="attention_dropout"):  # a SimCSE option: not silently dropped
         Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW, attention_dropout=0.3)

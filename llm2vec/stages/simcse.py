@@ -45,14 +45,16 @@ seed (README, "Four more levers on `make run`'s recipe").
 With `off_dropout_negatives`, SimCSE++'s loss (Xu et al., 2023, `llm2vec.losses.off_dropout_loss`):
 each sentence also goes through the encoder with every dropout off (a third forward pass, with
 gradients), and the negatives are those dropout-free embeddings against each other, so dropout noise
-enters the positive pairs only. It replaces the in-batch loss, so it takes neither `queue_size` nor
-`both_ways`. The dropout-free pass runs the model in eval mode: no gradient checkpointing there.
+enters the positive pairs only. It replaces the in-batch loss, so it takes no `queue_size`,
+`both_ways` or `margin`. The dropout-free pass runs the model in eval mode: no gradient checkpointing there.
 On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.1 dev at one seed, for 1.5x the minutes
 (README, "SimCSE++'s two changes").
 
 With `dimension_loss_weight` (SimCSE++'s 0.1), that times SimCSE++'s dimension-wise contrastive loss
 of the two views (`llm2vec.losses.dimension_contrastive_loss`) is added to the loss, at no extra
 forward pass. On the same recipe, weight 0.1 tied it (-0.03 dev at one seed; README, ibid.).
+
+With `margin` (radians), ArcCSE's angular margin on the positives (`llm2vec.losses.ContrastiveLoss`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class SimCSE(ContrastiveStage):
         dimension_loss_weight: float = 0.0,
         momentum: float = 0.0,
         hidden_dropout: float = 0.0,
+        margin: float = 0.0,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -99,8 +102,8 @@ class SimCSE(ContrastiveStage):
             raise ValueError(f"word_repetition {word_repetition!r} must be a rate between 0 and 1 (0: off)")
         if queue_size < 0:
             raise ValueError(f"queue_size {queue_size!r} must be a number of earlier sentences (0: off)")
-        if off_dropout_negatives and (queue_size or both_ways):
-            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes neither queue_size nor both_ways")
+        if off_dropout_negatives and (queue_size or both_ways or margin):
+            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes no queue_size, both_ways or margin")
         if dimension_loss_weight < 0:
             raise ValueError(f"dimension_loss_weight {dimension_loss_weight!r} must be a weight >= 0 (0: off)")
         if not 0.0 <= momentum < 1.0:
@@ -108,7 +111,7 @@ class SimCSE(ContrastiveStage):
         if momentum and not queue_size:
             raise ValueError("momentum fills the queue of negatives: set queue_size too")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
-                         mini_batch_size, both_ways)
+                         mini_batch_size, both_ways, margin)
         set_attention_dropout(encoder.model, attention_dropout)
         add_hidden_dropout(encoder.model, hidden_dropout)
         self.instruction = instruction
