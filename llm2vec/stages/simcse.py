@@ -46,7 +46,8 @@ With `off_dropout_negatives`, SimCSE++'s loss (Xu et al., 2023, `llm2vec.losses.
 each sentence also goes through the encoder with every dropout off (a third forward pass, with
 gradients), and the negatives are those dropout-free embeddings against each other, so dropout noise
 enters the positive pairs only. It replaces the in-batch loss, so it takes no `queue_size`,
-`both_ways` or `margin`. The dropout-free pass runs the model in eval mode: no gradient checkpointing there.
+`both_ways` or `margin`. The dropout-free pass runs the model in eval mode: no gradient
+checkpointing there.
 On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.1 dev at one seed, for 1.5x the minutes
 (README, "SimCSE++'s two changes").
 
