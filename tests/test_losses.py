@@ -68,7 +68,8 @@ def test_temperature_must_be_positive():
 def test_margin_scores_each_positive_at_its_angle_plus_the_margin_hand_computed():
     queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     positives = torch.tensor([[math.sqrt(3), 1.0], [1.0, 1.0]])
-    # angles: q0.p0 = pi/6, q0.p1 = pi/4, q1.p0 = pi/3, q1.p1 = pi/4; the margin pi/12 moves the positives'
+    # angles: q0.p0 = pi/6, q0.p1 = pi/4, q1.p0 = pi/3, q1.p1 = pi/4; the margin pi/12 scores the
+    # positives (q0.p0, q1.p1) at pi/4 and pi/3, the negatives as they are
     r, m = 1 / math.sqrt(2), math.pi / 12
     row0 = [math.cos(math.pi / 6 + m), r]
     row1 = [0.5, math.cos(math.pi / 4 + m)]
