@@ -3,6 +3,7 @@ over the test pairs of an STS task for the difference between two encoders."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -68,7 +69,8 @@ def paired_bootstrap_differences(groups: dict[str, list[np.ndarray]], gold: np.n
     comparison is paired) and, for each group, its seeds with replacement; the sample's difference is
     the mean Spearman over the drawn seeds minus the reference's. The interval so covers both the
     test set's sampling and the seed-to-seed variation; with one seed per group it is the plain
-    paired bootstrap over pairs."""
+    paired bootstrap over pairs. A group's seed draws depend on its own predictions only, so its
+    interval stays the same whichever other groups share the call."""
     gold = np.asarray(gold, dtype=float)
     rng = np.random.default_rng(seed)
     indices = rng.integers(len(gold), size=(samples, len(gold)))
@@ -82,7 +84,7 @@ def paired_bootstrap_differences(groups: dict[str, list[np.ndarray]], gold: np.n
     for name in names:
         runs = per_run[:, column : column + len(groups[name])]
         column += len(groups[name])
-        drawn = rng.integers(runs.shape[1], size=runs.shape)  # the group's seeds, drawn with replacement
+        drawn = _seed_rng(groups[name], seed).integers(runs.shape[1], size=runs.shape)  # with replacement
         resampled[name] = np.take_along_axis(runs, drawn, axis=1).mean(axis=1)
     observed = {name: np.mean([_spearman(p, gold) for p in groups[name]]) for name in names}
     tail = 100 * (1 - level) / 2
@@ -91,6 +93,13 @@ def paired_bootstrap_differences(groups: dict[str, list[np.ndarray]], gold: np.n
         low, high = np.nanpercentile(resampled[name] - resampled[reference], [tail, 100 - tail])
         differences[name] = (float(observed[name] - observed[reference]), float(low), float(high))
     return differences
+
+
+def _seed_rng(predictions: Sequence[np.ndarray], seed: int) -> np.random.Generator:
+    """A generator keyed by the group's predictions: drawing each group's seeds from one shared stream
+    made a row's interval move whenever a row was added before it."""
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(p, dtype=float).tobytes() for p in predictions))
+    return np.random.default_rng([seed, int.from_bytes(digest.digest()[:8], "little")])
 
 
 def _spearman(predicted: np.ndarray, gold: np.ndarray) -> float:

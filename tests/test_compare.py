@@ -149,6 +149,20 @@ def test_bootstrap_spearman_matches_scipy_and_its_known_answers():
     assert wide["y"][2] - wide["y"][1] > 2 * (narrow["y"][2] - narrow["y"][1])
 
 
+def test_a_groups_bootstrap_interval_does_not_depend_on_the_other_groups():
+    """Adding a row to a table, or listing its rows in another order, leaves every other row's
+    interval against the reference as it was."""
+    seeds = {name: [noisy(GOLD, noise, seed=10 * index + s) for s in range(3)]
+             for index, (name, noise) in enumerate((("ref", 1.0), ("a", 1.5), ("b", 2.0)))}
+    alone = paired_bootstrap_differences({"ref": seeds["ref"], "b": seeds["b"]}, GOLD, "ref", samples=300)
+    with_a = paired_bootstrap_differences(seeds, GOLD, "ref", samples=300)
+    reordered = paired_bootstrap_differences({"b": seeds["b"], "a": seeds["a"], "ref": seeds["ref"]}, GOLD, "ref",
+                                             samples=300)
+    assert with_a["b"] == alone["b"] == reordered["b"]
+    assert with_a["a"] == reordered["a"]
+    assert with_a["b"][1] < with_a["b"][0] < with_a["b"][2]  # a real interval, not a point
+
+
 def test_seed_groups_intervals_and_the_paired_bootstrap(tmp_path):
     """Three variants x three seeds: one row each, the t interval by hand, and each row's difference
     to the best with a bootstrap interval over the saved test-pair predictions."""
