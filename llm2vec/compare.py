@@ -295,7 +295,9 @@ def plot_runs(rows: list[dict], out: Path) -> list[Path]:
     swept = varied_keys(rows) if len(rows) > 1 else []
     keys = [k for k in swept if not any("/" in row["swept"].get(k, "") for row in rows)]
     numeric = [k for k in keys if all(_is_number(row["swept"].get(k, "")) for row in rows)]
-    categorical = [k for k in keys if k not in numeric]
+    # A categorical key that a plotted number decides says nothing the curve does not (e.g. the
+    # variant and masking that come with MNTP 0 / 250 steps): bars of it would repeat the curve.
+    categorical = [k for k in keys if k not in numeric and not any(_decided_by(rows, n, k) for n in numeric)]
     written = []
     for key in numeric if metric else []:
         fig, ax = plt.subplots(figsize=(5, 3.5))

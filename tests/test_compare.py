@@ -77,6 +77,23 @@ def test_one_setting_over_seeds_plots_only_its_training_curves(tmp_path):
     assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["training_curves.png"]
 
 
+def test_settings_that_come_with_a_plotted_number_get_no_bars(tmp_path):
+    """MNTP 0 / 250 steps, each with its own variant and masking (blank for MNTP 0): one curve over
+    the steps, no bars of the masking ratio (one bar would be unlabelled); a key the number does not
+    decide (pooling) still gets its bars."""
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    for pooling in ("mean", "eos_token"):
+        for seed in (1, 2):
+            fake_run(sweep, ["+mntp_steps=0", "variant=bi_simcse", f"pooling={pooling}", f"seed={seed}"],
+                     57.0 + seed, [2.0, 1.0])
+            fake_run(sweep, ["+mntp_steps=250", "variant=bi_mntp_simcse", "model.mask_ratio=0.2",
+                             f"pooling={pooling}", f"seed={seed}"], 61.0 + seed, [2.0, 1.0])
+    compare([sweep], tmp_path / "out")
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert pngs == ["bars_pooling.png", "score_vs_mntp_steps.png", "training_curves.png"]
+
+
 def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         find_runs([tmp_path])
