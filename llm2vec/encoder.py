@@ -4,8 +4,8 @@
     vectors = encoder.encode(["a sentence", ["Retrieve similar text:", "a query"]])
     encoder.save("my-encoder")          # from_pretrained("my-encoder") restores it
 
-A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling, max length,
-attention, template), the trainable peft adapter (plain peft files at the top level), the adapters
+A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling and the layers it
+reads, max length, attention, template), the trainable peft adapter (plain peft files at the top level), the adapters
 that were merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling
 weights when the pooling mode has any. A fully fine-tuned encoder (a stage with `lora: null`) holds
 its whole decoder instead (`decoder/`: config, weights, tokenizer), which the merged adapters are part of.
@@ -42,7 +42,7 @@ from llm2vec.encoder_files import (
 )
 from llm2vec.loading import load_decoder, looks_like_path
 from llm2vec.packing import PACKABLE_ATTENTION, is_packed, pack_sequences, unpack
-from llm2vec.pooling import Pooling, check_pooling_mode
+from llm2vec.pooling import Pooling, average_last_layers, check_pooling_layers, check_pooling_mode, final_norm
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class LLM2Vec(nn.Module):
         echo: bool = False,
         template: str | None = None,
         decoder_dir: str | None = None,
+        pooling_layers: int = 1,
     ):
         super().__init__()
         self.model = model
@@ -105,6 +106,11 @@ class LLM2Vec(nn.Module):
         self.decoder_dir = decoder_dir
         self.weights_trained = False  # set by full fine-tuning: save then writes the decoder's weights
         self.pooling = pooling or Pooling(pooling_mode, hidden_size=model.config.hidden_size)
+        # Pool the mean of the last k layers' states: a decoder's best sentence features need not sit
+        # in its last layer (Skean et al., 2025, "Layer by Layer").
+        self.pooling_layers = check_pooling_layers(pooling_layers, model.config.num_hidden_layers)
+        if pooling_layers > 1:
+            final_norm(model)  # refuses now a decoder whose layers cannot be averaged, not at the first encode
         # Echo embeddings (Springer et al., 2024): the text twice, pooling over the second copy,
         # which a causal model reads having seen the whole text once.
         self.echo = echo
@@ -128,6 +134,7 @@ class LLM2Vec(nn.Module):
         max_length: int | None = None,
         echo: bool | None = None,
         template: str | None = None,
+        pooling_layers: int | None = None,
         **hf_kwargs,
     ) -> "LLM2Vec":
         """Load an encoder. `base_model_name_or_path` is a shipped model name (`smollm2-135m`,
@@ -135,8 +142,9 @@ class LLM2Vec(nn.Module):
         (or by a training run). `peft_model_name_or_path` is a peft adapter to load on top, or a
         list of them, applied in order (each but the last merged before the next, as training stacks
         them). `template` wraps every text ("{text}" marks where): what comes after "{text}" is pooled
-        with the text, what comes before is not. Arguments left as None take the saved encoder's values,
-        else bidirectional attention, mean pooling, 512 tokens and no template ("{text}")."""
+        with the text, what comes before is not. `pooling_layers`: pool the mean of the last k layers.
+        Arguments left as None take the saved encoder's values, else bidirectional attention, mean
+        pooling of the last layer, 512 tokens and no template ("{text}")."""
         if pooling_mode is not None:
             check_pooling_mode(pooling_mode)
         saved, saved_root = {}, None
@@ -185,6 +193,7 @@ class LLM2Vec(nn.Module):
             template=_first_set(template, saved.get("template")),
             merged_adapters=merged,
             decoder_dir=decoder_dir,
+            pooling_layers=_first_set(pooling_layers, saved.get("pooling_layers"), 1),
         )
         pooling_file = saved_root / POOLING_WEIGHTS if saved_root else None
         if pooling_file is not None and pooling_file.is_file() and pooling_mode == saved["pooling_mode"]:
@@ -217,6 +226,7 @@ class LLM2Vec(nn.Module):
             config = {
                 "base_model_name_or_path": self.base_model_name_or_path,
                 "pooling_mode": self.pooling_mode,
+                "pooling_layers": self.pooling_layers,
                 "max_length": self.max_length,
                 "enable_bidirectional": self.bidirectional,
                 "merged_adapters": merged_dirs,
@@ -350,9 +360,12 @@ class LLM2Vec(nn.Module):
         model_mask = attention_mask
         if packed:  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
-        hidden = self.model(
-            input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        layers = self.pooling_layers
+        outputs = self.model(input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids,
+                             use_cache=False, output_hidden_states=layers > 1)
+        hidden = outputs.last_hidden_state
+        if layers > 1:
+            hidden = average_last_layers(outputs.hidden_states, final_norm(self.model), layers)
         if packed:
             return self.pooling(*unpack(hidden, features))
         return self.pooling(hidden, attention_mask, features["embed_mask"])

@@ -43,7 +43,7 @@ class LLM2VecModule(InputModule):
     """A sentence-transformers input module that embeds texts with an `LLM2Vec` encoder."""
 
     config_file_name = "llm2vec_module.json"
-    config_keys = ["pooling_mode", "max_length", "enable_bidirectional", "echo", "template"]
+    config_keys = ["pooling_mode", "pooling_layers", "max_length", "enable_bidirectional", "echo", "template"]
     save_in_root = True
 
     def __init__(self, encoder: LLM2Vec):
@@ -74,6 +74,7 @@ class LLM2VecModule(InputModule):
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "pooling_mode": self.encoder.pooling_mode,
+            "pooling_layers": self.encoder.pooling_layers,
             "max_length": self.encoder.max_length,
             "enable_bidirectional": self.encoder.bidirectional,
             "echo": self.encoder.echo,

@@ -4,9 +4,14 @@ Every mode reads two masks of shape (batch, seq):
 - `attention_mask`: 1 for real tokens (instruction and text), 0 for padding;
 - `embed_mask`: 1 for the tokens that make up the text itself (no instruction, no padding).
 Both left and right padding work: positions are found from the masks, never assumed.
+
+Pooling reads the last layer's states, or with `pooling_layers=k` the mean of the last k layers'
+(`average_last_layers`).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -18,6 +23,30 @@ def check_pooling_mode(mode: str) -> str:
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling_mode {mode!r}: choose {', '.join(POOLING_MODES)}")
     return mode
+
+
+def check_pooling_layers(count: int, num_layers: int) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= num_layers:
+        raise ValueError(f"pooling_layers must be a whole number from 1 to the decoder's {num_layers} layers, got {count!r}")
+    return count
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The decoder's last normalisation (`norm` in Llama, Mistral, Qwen2, Gemma): the last layer's
+    states have been through it, the other layers' states have not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps it
+    norm = getattr(base, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise ValueError(f"pooling_layers > 1 needs the decoder's final norm (`norm`), which {type(base).__name__} lacks")
+    return norm
+
+
+def average_last_layers(hidden_states: Sequence[torch.Tensor], norm: nn.Module, count: int) -> torch.Tensor:
+    """The mean of the last `count` layers' states (`hidden_states`: the embeddings, then each layer's
+    output, the last one normalised), each put through the final norm first: the residual stream's
+    scale grows from layer to layer, and unnormalised the deepest layers would outweigh the rest."""
+    states = [norm(h) for h in hidden_states[-count:-1]] + [hidden_states[-1]]
+    return torch.stack(states).mean(dim=0)
 
 
 def mean_pool(hidden: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,14 @@ def test_export_loads_bidirectional_with_the_same_embeddings(tmp_path):
     assert cosines(encoder.encode(TEXTS), loaded.encode(TEXTS)).min() < 0.99
 
 
+def test_export_keeps_averaged_pooling_layers(tmp_path):
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=2)
+    loaded = SentenceTransformer(str(to_sentence_transformers(encoder, tmp_path / "st")), trust_remote_code=True,
+                                 device="cpu")
+    assert loaded[0].encoder.pooling_layers == 2
+    assert_same_embeddings(encoder, loaded)
+
+
 def test_adapters_are_merged_and_pooling_weights_kept(tmp_path):
     model, tokenizer = load_decoder("tiny-random-llama")
     torch.manual_seed(0)
