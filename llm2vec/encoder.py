@@ -42,7 +42,7 @@ from llm2vec.encoder_files import (
 )
 from llm2vec.loading import load_decoder, looks_like_path
 from llm2vec.packing import PACKABLE_ATTENTION, is_packed, pack_sequences, unpack
-from llm2vec.pooling import Pooling, average_last_layers, check_pooling_layers, check_pooling_mode, final_norm
+from llm2vec.pooling import Pooling, average_layers, check_pooling_layers, check_pooling_mode, final_norm
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LLM2Vec(nn.Module):
         echo: bool = False,
         template: str | None = None,
         decoder_dir: str | None = None,
-        pooling_layers: int = 1,
+        pooling_layers: int | Sequence[int] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -106,11 +106,11 @@ class LLM2Vec(nn.Module):
         self.decoder_dir = decoder_dir
         self.weights_trained = False  # set by full fine-tuning: save then writes the decoder's weights
         self.pooling = pooling or Pooling(pooling_mode, hidden_size=model.config.hidden_size)
-        # Pool the mean of the last k layers' states: a decoder's best sentence features need not sit
-        # in its last layer (Skean et al., 2025, "Layer by Layer").
+        # The layers pooled (their states' mean): a decoder's best sentence features need not sit in
+        # its last layer (Skean et al., 2025, "Layer by Layer").
         self.pooling_layers = check_pooling_layers(pooling_layers, model.config.num_hidden_layers)
-        if pooling_layers > 1:
-            final_norm(model)  # refuses now a decoder whose layers cannot be averaged, not at the first encode
+        if not self.pools_last_layer_only:
+            final_norm(model)  # refuses now a decoder whose layers cannot be pooled, not at the first encode
         # Echo embeddings (Springer et al., 2024): the text twice, pooling over the second copy,
         # which a causal model reads having seen the whole text once.
         self.echo = echo
@@ -134,7 +134,7 @@ class LLM2Vec(nn.Module):
         max_length: int | None = None,
         echo: bool | None = None,
         template: str | None = None,
-        pooling_layers: int | None = None,
+        pooling_layers: int | Sequence[int] | None = None,
         **hf_kwargs,
     ) -> "LLM2Vec":
         """Load an encoder. `base_model_name_or_path` is a shipped model name (`smollm2-135m`,
@@ -142,7 +142,8 @@ class LLM2Vec(nn.Module):
         (or by a training run). `peft_model_name_or_path` is a peft adapter to load on top, or a
         list of them, applied in order (each but the last merged before the next, as training stacks
         them). `template` wraps every text ("{text}" marks where): what comes after "{text}" is pooled
-        with the text, what comes before is not. `pooling_layers`: pool the mean of the last k layers.
+        with the text, what comes before is not. `pooling_layers`: the layers whose states' mean is pooled (0: the
+        token embeddings, -1: the last).
         Arguments left as None take the saved encoder's values, else bidirectional attention, mean
         pooling of the last layer, 512 tokens and no template ("{text}")."""
         if pooling_mode is not None:
@@ -193,7 +194,7 @@ class LLM2Vec(nn.Module):
             template=_first_set(template, saved.get("template")),
             merged_adapters=merged,
             decoder_dir=decoder_dir,
-            pooling_layers=_first_set(pooling_layers, saved.get("pooling_layers"), 1),
+            pooling_layers=_first_set(pooling_layers, saved.get("pooling_layers")),
         )
         pooling_file = saved_root / POOLING_WEIGHTS if saved_root else None
         if pooling_file is not None and pooling_file.is_file() and pooling_mode == saved["pooling_mode"]:
@@ -267,6 +268,10 @@ class LLM2Vec(nn.Module):
         """Whether `tokenize(..., pack=True)` works: a block-diagonal mask needs bidirectional
         attention (the hook builds it) and an attention implementation that takes a full mask."""
         return self.bidirectional and self.model.config._attn_implementation in PACKABLE_ATTENTION
+
+    @property
+    def pools_last_layer_only(self) -> bool:
+        return self.pooling_layers == [self.model.config.num_hidden_layers]
 
     @property
     def device(self) -> torch.device:
@@ -360,12 +365,11 @@ class LLM2Vec(nn.Module):
         model_mask = attention_mask
         if packed:  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
-        layers = self.pooling_layers
         outputs = self.model(input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids,
-                             use_cache=False, output_hidden_states=layers > 1)
+                             use_cache=False, output_hidden_states=not self.pools_last_layer_only)
         hidden = outputs.last_hidden_state
-        if layers > 1:
-            hidden = average_last_layers(outputs.hidden_states, final_norm(self.model), layers)
+        if not self.pools_last_layer_only:
+            hidden = average_layers(outputs.hidden_states, final_norm(self.model), self.pooling_layers)
         if packed:
             return self.pooling(*unpack(hidden, features))
         return self.pooling(hidden, attention_mask, features["embed_mask"])

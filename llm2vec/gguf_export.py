@@ -127,9 +127,9 @@ def check_exportable(encoder: LLM2Vec) -> None:
     if encoder.pooling_mode not in LLAMA_CPP_POOLING:
         raise ValueError(f"cannot export pooling_mode {encoder.pooling_mode!r} to GGUF (its pooling weights have "
                          f"no place in llama.cpp): choose {', '.join(LLAMA_CPP_POOLING)}")
-    if encoder.pooling_layers > 1:
+    if not encoder.pools_last_layer_only:
         raise ValueError(f"cannot export pooling_layers={encoder.pooling_layers} to GGUF: llama.cpp pools the last "
-                         "layer only (export to sentence-transformers keeps it)")
+                         "layer only (export to sentence-transformers keeps them)")
     if encoder.template is not None:
         raise ValueError(f"cannot export a template ({encoder.template!r}) to GGUF yet: llama.cpp would embed the "
                          "texts without it (export to sentence-transformers keeps it)")

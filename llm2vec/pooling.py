@@ -5,8 +5,8 @@ Every mode reads two masks of shape (batch, seq):
 - `embed_mask`: 1 for the tokens that make up the text itself (no instruction, no padding).
 Both left and right padding work: positions are found from the masks, never assumed.
 
-Pooling reads the last layer's states, or with `pooling_layers=k` the mean of the last k layers'
-(`average_last_layers`).
+Pooling reads the last layer's states, or with `pooling_layers` the mean of the states of the layers
+it names (`average_layers`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,20 @@ def check_pooling_mode(mode: str) -> str:
     return mode
 
 
-def check_pooling_layers(count: int, num_layers: int) -> int:
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= num_layers:
-        raise ValueError(f"pooling_layers must be a whole number from 1 to the decoder's {num_layers} layers, got {count!r}")
-    return count
+def check_pooling_layers(layers, num_layers: int) -> list[int]:
+    """The layers to pool as sorted numbers from 0 (the token embeddings) to `num_layers` (the last);
+    `layers`: None (the last), a number, or a list of them, negative ones counted from the end (-1:
+    the last)."""
+    items = [num_layers] if layers is None else [layers] if isinstance(layers, int) else layers
+    try:
+        items = list(items)
+    except TypeError:
+        items = [layers]
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) or not -num_layers - 1 <= i <= num_layers
+                        for i in items):
+        raise ValueError(f"pooling_layers must name layers from 0 (the token embeddings) to {num_layers} (the "
+                         f"decoder's last; -1 counts from the end), got {layers!r}")
+    return sorted({i % (num_layers + 1) for i in items})
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -37,15 +47,18 @@ def final_norm(model: nn.Module) -> nn.Module:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps it
     norm = getattr(base, "norm", None)
     if not isinstance(norm, nn.Module):
-        raise ValueError(f"pooling_layers > 1 needs the decoder's final norm (`norm`), which {type(base).__name__} lacks")
+        raise ValueError(f"pooling layers but the last needs the decoder's final norm (`norm`), which "
+                         f"{type(base).__name__} lacks")
     return norm
 
 
-def average_last_layers(hidden_states: Sequence[torch.Tensor], norm: nn.Module, count: int) -> torch.Tensor:
-    """The mean of the last `count` layers' states (`hidden_states`: the embeddings, then each layer's
-    output, the last one normalised), each put through the final norm first: the residual stream's
-    scale grows from layer to layer, and unnormalised the deepest layers would outweigh the rest."""
-    states = [norm(h) for h in hidden_states[-count:-1]] + [hidden_states[-1]]
+def average_layers(hidden_states: Sequence[torch.Tensor], norm: nn.Module, layers: Sequence[int]) -> torch.Tensor:
+    """The mean of the states of `layers` (`hidden_states`: the embeddings, then each layer's output,
+    the last one normalised already), each put through the final norm as the last one was: raw, an
+    intermediate layer's states are dominated by a few huge residual-stream dimensions (on
+    Gemma-3-270M after SimCSE, STS-B dev 77 at layer 13 raw against 82 normalised)."""
+    last = len(hidden_states) - 1
+    states = [hidden_states[i] if i == last else norm(hidden_states[i]) for i in layers]
     return torch.stack(states).mean(dim=0)
 
 

@@ -52,10 +52,10 @@ def test_export_loads_bidirectional_with_the_same_embeddings(tmp_path):
 
 
 def test_export_keeps_averaged_pooling_layers(tmp_path):
-    encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=2)
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=[1, 2])
     loaded = SentenceTransformer(str(to_sentence_transformers(encoder, tmp_path / "st")), trust_remote_code=True,
                                  device="cpu")
-    assert loaded[0].encoder.pooling_layers == 2
+    assert loaded[0].encoder.pooling_layers == [1, 2]
     assert_same_embeddings(encoder, loaded)
 
 
