@@ -91,6 +91,8 @@ def train(cfg: DictConfig, run_dir: Path) -> tuple[Trainer, list]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, trainer))
     if trainer.is_global_zero:
+        if cfg.get("saved_pooling_layers") is not None:  # trained on some layers, read at others
+            module.encoder.set_pooling_layers(cfg.saved_pooling_layers)
         module.save(run_dir)
         # The training cost, for llm2vec.compare (resumed: the time up to its checkpoint, plus since).
         cost = {"steps": trainer.global_step, "seconds": timer.time_elapsed("train")}
@@ -134,8 +136,8 @@ def run(cfg: DictConfig) -> float | None:
         trainer, loggers = train(cfg, run_dir)
         if not trainer.is_global_zero:
             return None
-        # Evaluate what was saved: the artifact a later stage or a user loads.
-        encoder = instantiate(cfg.encoder, base_model_name_or_path=str(run_dir))
+        # Evaluate what was saved: the artifact a later stage or a user loads (its pooling layers too).
+        encoder = instantiate(cfg.encoder, base_model_name_or_path=str(run_dir), pooling_layers=None)
         step = trainer.global_step
     results = evaluate(encoder, cfg, run_dir)
     log_results(loggers, results, step)

@@ -108,9 +108,7 @@ class LLM2Vec(nn.Module):
         self.pooling = pooling or Pooling(pooling_mode, hidden_size=model.config.hidden_size)
         # The layers pooled (their states' mean): a decoder's best sentence features need not sit in
         # its last layer (Skean et al., 2025, "Layer by Layer").
-        self.pooling_layers = check_pooling_layers(pooling_layers, model.config.num_hidden_layers)
-        if not self.pools_last_layer_only:
-            final_norm(model)  # refuses now a decoder whose layers cannot be pooled, not at the first encode
+        self.set_pooling_layers(pooling_layers)
         # Echo embeddings (Springer et al., 2024): the text twice, pooling over the second copy,
         # which a causal model reads having seen the whole text once.
         self.echo = echo
@@ -268,6 +266,13 @@ class LLM2Vec(nn.Module):
         """Whether `tokenize(..., pack=True)` works: a block-diagonal mask needs bidirectional
         attention (the hook builds it) and an attention implementation that takes a full mask."""
         return self.bidirectional and self.model.config._attn_implementation in PACKABLE_ATTENTION
+
+    def set_pooling_layers(self, layers: int | Sequence[int] | None) -> None:
+        """Pool these layers from now on (and in what `save` writes), e.g. an intermediate layer of an
+        encoder trained on its last; None: the last."""
+        self.pooling_layers = check_pooling_layers(layers, self.model.config.num_hidden_layers)
+        if not self.pools_last_layer_only:
+            final_norm(self.model)  # refuses now a decoder whose layers cannot be pooled, not at the first encode
 
     @property
     def pools_last_layer_only(self) -> bool:

@@ -79,3 +79,17 @@ def test_simcse_trains_on_averaged_layers_and_the_run_dir_keeps_them(run_app, tm
     run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2", "pooling_layers=[-2,-1]", run_dir=run_dir)
     assert json.loads((run_dir / "llm2vec_config.json").read_text())["pooling_layers"] == [1, 2]
     assert LLM2Vec.from_pretrained(str(run_dir)).pooling_layers == [1, 2]
+
+
+def test_a_run_trained_on_the_last_layer_saves_an_encoder_that_reads_another(run_app, tmp_path):
+    trained_on_last, read_at_first = tmp_path / "last", tmp_path / "first"
+    common = ("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2")
+    last_scores = run_app(*common, run_dir=trained_on_last)
+    first_scores = run_app(*common, "saved_pooling_layers=[1]", run_dir=read_at_first)
+    assert json.loads((read_at_first / "llm2vec_config.json").read_text())["pooling_layers"] == [1]
+    # The same training (same seed, last layer) whichever layer is saved: the adapters are equal.
+    first = LLM2Vec.from_pretrained(str(read_at_first)).encode(TEXTS)
+    np.testing.assert_array_equal(first, LLM2Vec.from_pretrained(str(trained_on_last), pooling_layers=1).encode(TEXTS))
+    assert np.abs(first - LLM2Vec.from_pretrained(str(trained_on_last)).encode(TEXTS)).max() > 1e-3
+    # The run's own scores are the saved encoder's, read at layer 1.
+    assert first_scores != last_scores

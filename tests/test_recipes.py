@@ -44,6 +44,9 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     simcse = OmegaConf.load(run_dir / "3-simcse" / "config.yaml")
     assert simcse.stage.module.temperature == 0.1 and simcse.data.batch_size == 32
     assert simcse.data.group_by_length is (experiment == "smollm2_wiki")  # Gemma-3's batches are drawn at random
+    # Gemma-3's encoder is trained on its last layer (18) and saved reading layer 13
+    saved = json.loads((run_dir / "3-simcse" / "llm2vec_config.json").read_text())
+    assert (simcse.pooling_layers, saved["pooling_layers"]) == (None, [13] if experiment == "gemma3_wiki" else [30])
 
     eval_dir = tmp_path / "eval"
     score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
@@ -64,6 +67,7 @@ def test_the_batch_64_recipe_is_gemma3_wiki_with_64_length_grouped_sentences_emb
     assert (b64.data.batch_size, b64.stage.module.mini_batch_size) == (64, 32)
     # chosen over three seeds with length-grouped batches; random ones were measured on batches of 32
     assert (base.data.group_by_length, b64.data.group_by_length) == (False, True)
+    assert (base.saved_pooling_layers, b64.saved_pooling_layers) == ([13], None)  # b64 was not measured at layer 13
     for key in ("data.files", "stage.max_steps", "stage.module.optimizer.lr",
                 "stage.module.temperature", "stage.module.attention_dropout", "model", "pooling", "max_length"):
         assert OmegaConf.select(b64, key) == OmegaConf.select(base, key), key
