@@ -4,8 +4,11 @@
     python experiments/layer_profile.py gemma3-270m                       # the bidirectional base model
     python experiments/layer_profile.py <run dir or saved encoder> --splits dev test
 
-Layer 0 is the embeddings; layer L the output of decoder layer L (the last one after the final norm,
-as the encoder pools it; the others before it). Tune on dev, report on test.
+Layer 0 is the embeddings; layer L the output of decoder layer L, put through the decoder's final norm
+as the encoder pools it with `pooling_layers=[L]` (the last layer's output has been through it
+already); `--raw` leaves the intermediate layers' states unnormalised, as this script did before
+2026-12-06 (raw, a few huge residual dimensions dominate them: on `make run`'s Gemma-3 encoder layer 13
+scores far lower raw than normalised). Tune on dev, report on test.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from torch.nn import functional as F
 
 from llm2vec import LLM2Vec
 from llm2vec.evaluation.sts import load_sts
-from llm2vec.pooling import mean_pool
+from llm2vec.pooling import final_norm, mean_pool
 
 DATA = Path(os.environ.get("LLM2VEC_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 
 
 @torch.no_grad()
-def layer_embeddings(encoder: LLM2Vec, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """(layers + 1, texts, hidden): each layer's mean over the text tokens."""
+def layer_embeddings(encoder: LLM2Vec, texts: list[str], batch_size: int = 64, raw: bool = False) -> torch.Tensor:
+    """(layers + 1, texts, hidden): each layer's mean over the text tokens, through the final norm
+    unless `raw`."""
+    norm = (lambda h: h) if raw else final_norm(encoder.model)
     per_batch = []
     for start in range(0, len(texts), batch_size):
         features = encoder.tokenize(texts[start:start + batch_size])
@@ -36,7 +41,8 @@ def layer_embeddings(encoder: LLM2Vec, texts: list[str], batch_size: int = 64) -
             position_ids=(features["attention_mask"].cumsum(dim=1) - 1).clamp(min=0),
             output_hidden_states=True, use_cache=False,
         )
-        per_batch.append(torch.stack([mean_pool(h.float(), features["embed_mask"]) for h in output.hidden_states]))
+        states = [norm(h) for h in output.hidden_states[:-1]] + [output.hidden_states[-1]]
+        per_batch.append(torch.stack([mean_pool(h.float(), features["embed_mask"]) for h in states]))
     return torch.cat(per_batch, dim=1)
 
 
@@ -44,13 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("encoder", help="a model name, run dir or saved encoder (LLM2Vec.from_pretrained)")
     parser.add_argument("--splits", nargs="+", default=["dev"], choices=["dev", "test"])
+    parser.add_argument("--raw", action="store_true", help="intermediate layers without the final norm")
     args = parser.parse_args()
     encoder = LLM2Vec.from_pretrained(args.encoder).eval()
     for split in args.splits:
         pairs = load_sts(DATA / "sts" / f"STSB-{split}.tsv", split=split)
         texts = sorted(set(pairs.sentences1) | set(pairs.sentences2), key=len)  # short batches first
         index = {text: i for i, text in enumerate(texts)}
-        embeddings = F.normalize(layer_embeddings(encoder, texts), dim=-1)
+        embeddings = F.normalize(layer_embeddings(encoder, texts, raw=args.raw), dim=-1)
         first = embeddings[:, [index[s] for s in pairs.sentences1]]
         second = embeddings[:, [index[s] for s in pairs.sentences2]]
         for layer, cosine in enumerate((first * second).sum(dim=-1)):

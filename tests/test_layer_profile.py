@@ -27,3 +27,8 @@ def test_the_last_layer_of_the_profile_is_the_encoders_embedding():
     expected = encoder.encode(TEXTS, convert_to_tensor=True).float()
     assert torch.allclose(layers[-1], expected, atol=1e-4)
     assert not torch.allclose(layers[0], layers[-1], atol=1e-2)
+    # Every layer as the encoder pools it when told to read that layer alone (final norm included).
+    middle = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=[1]).encode(TEXTS, convert_to_tensor=True)
+    assert torch.allclose(layers[1], middle.float(), atol=1e-4)
+    raw = load_script().layer_embeddings(encoder, TEXTS, batch_size=2, raw=True)
+    assert torch.allclose(raw[-1], layers[-1]) and not torch.allclose(raw[1], layers[1], atol=1e-2)
