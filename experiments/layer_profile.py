@@ -7,8 +7,9 @@
 Layer 0 is the embeddings; layer L the output of decoder layer L, put through the decoder's final norm
 as the encoder pools it with `pooling_layers=[L]` (the last layer's output has been through it
 already); `--raw` leaves the intermediate layers' states unnormalised, as this script did before
-2026-12-06 (raw, a few huge residual dimensions dominate them: on `make run`'s Gemma-3 encoder layer 13
-scores far lower raw than normalised). Tune on dev, report on test.
+2026-12-06 (raw, a few huge residual dimensions dominate them: on `make run`'s Gemma-3 encoder, seed 1,
+layer 13 scores STS-B dev 80.70 raw against 81.94 normalised, and the last layer, 81.37, looks best
+raw). Tune on dev, report on test.
 """
 
 from __future__ import annotations

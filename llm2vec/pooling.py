@@ -55,8 +55,8 @@ def final_norm(model: nn.Module) -> nn.Module:
 def average_layers(hidden_states: Sequence[torch.Tensor], norm: nn.Module, layers: Sequence[int]) -> torch.Tensor:
     """The mean of the states of `layers` (`hidden_states`: the embeddings, then each layer's output,
     the last one normalised already), each put through the final norm as the last one was: raw, an
-    intermediate layer's states are dominated by a few huge residual-stream dimensions (on
-    Gemma-3-270M after SimCSE, STS-B dev 77 at layer 13 raw against 82 normalised)."""
+    intermediate layer's states are dominated by a few huge residual-stream dimensions (on `make
+    run`'s Gemma-3-270M encoder, STS-B dev 80.70 at layer 13 raw against 81.94 normalised)."""
     last = len(hidden_states) - 1
     states = [hidden_states[i] if i == last else norm(hidden_states[i]) for i in layers]
     return torch.stack(states).mean(dim=0)
