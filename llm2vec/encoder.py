@@ -5,9 +5,9 @@
     encoder.save("my-encoder")          # from_pretrained("my-encoder") restores it
 
 A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling and the layers it
-reads, max length, attention, template), the trainable peft adapter (plain peft files at the top level), the adapters
-that were merged into the base before it (`merged_adapters/NN/`, applied in order), and the pooling
-weights when the pooling mode has any. A fully fine-tuned encoder (a stage with `lora: null`) holds
+reads, max length, attention, template), the trainable peft adapter (plain peft files at the top
+level), the adapters that were merged into the base before it (`merged_adapters/NN/`, applied in
+order), and the pooling weights when the pooling mode has any. A fully fine-tuned encoder (a stage with `lora: null`) holds
 its whole decoder instead (`decoder/`: config, weights, tokenizer), which the merged adapters are part of.
 """
 
@@ -140,10 +140,10 @@ class LLM2Vec(nn.Module):
         (or by a training run). `peft_model_name_or_path` is a peft adapter to load on top, or a
         list of them, applied in order (each but the last merged before the next, as training stacks
         them). `template` wraps every text ("{text}" marks where): what comes after "{text}" is pooled
-        with the text, what comes before is not. `pooling_layers`: the layers whose states' mean is pooled (0: the
-        token embeddings, -1: the last).
-        Arguments left as None take the saved encoder's values, else bidirectional attention, mean
-        pooling of the last layer, 512 tokens and no template ("{text}")."""
+        with the text, what comes before is not. `pooling_layers`: the layers whose states' mean is
+        pooled (0: the token embeddings, -1: the last). Arguments left as None take the saved
+        encoder's values, else bidirectional attention, mean pooling of the last layer, 512 tokens and
+        no template ("{text}")."""
         if pooling_mode is not None:
             check_pooling_mode(pooling_mode)
         saved, saved_root = {}, None
