@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from llm2vec import LLM2Vec
 from llm2vec.evaluation.sts import load_sts
-from llm2vec.pooling import final_norm, mean_pool
+from llm2vec.pooling import average_layers, final_norm, mean_pool
 
 DATA = Path(os.environ.get("LLM2VEC_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 
@@ -42,7 +42,7 @@ def layer_embeddings(encoder: LLM2Vec, texts: list[str], batch_size: int = 64, r
             position_ids=(features["attention_mask"].cumsum(dim=1) - 1).clamp(min=0),
             output_hidden_states=True, use_cache=False,
         )
-        states = [norm(h) for h in output.hidden_states[:-1]] + [output.hidden_states[-1]]
+        states = [average_layers(output.hidden_states, norm, [layer]) for layer in range(len(output.hidden_states))]
         per_batch.append(torch.stack([mean_pool(h.float(), features["embed_mask"]) for h in states]))
     return torch.cat(per_batch, dim=1)
 

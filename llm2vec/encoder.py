@@ -370,10 +370,11 @@ class LLM2Vec(nn.Module):
         model_mask = attention_mask
         if packed:  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
+        last_only = self.pools_last_layer_only
         outputs = self.model(input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids,
-                             use_cache=False, output_hidden_states=not self.pools_last_layer_only)
+                             use_cache=False, output_hidden_states=not last_only)
         hidden = outputs.last_hidden_state
-        if not self.pools_last_layer_only:
+        if not last_only:
             hidden = average_layers(outputs.hidden_states, final_norm(self.model), self.pooling_layers)
         if packed:
             return self.pooling(*unpack(hidden, features))

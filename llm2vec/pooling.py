@@ -29,11 +29,9 @@ def check_pooling_layers(layers, num_layers: int) -> list[int]:
     """The layers to pool as sorted numbers from 0 (the token embeddings) to `num_layers` (the last);
     `layers`: None (the last), a number, or a list of them, negative ones counted from the end (-1:
     the last)."""
-    items = [num_layers] if layers is None else [layers] if isinstance(layers, int) else layers
-    try:
-        items = list(items)
-    except TypeError:
-        items = [layers]
+    items = [num_layers] if layers is None else layers
+    if isinstance(items, str) or not isinstance(items, Sequence):  # one layer (or a wrong value, refused below)
+        items = [items]
     if not items or any(isinstance(i, bool) or not isinstance(i, int) or not -num_layers - 1 <= i <= num_layers
                         for i in items):
         raise ValueError(f"pooling_layers must name layers from 0 (the token embeddings) to {num_layers} (the "
