@@ -44,9 +44,9 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     simcse = OmegaConf.load(run_dir / "3-simcse" / "config.yaml")
     assert simcse.stage.module.temperature == 0.1 and simcse.data.batch_size == 32
     assert simcse.data.group_by_length is (experiment == "smollm2_wiki")  # Gemma-3's batches are drawn at random
-    # Gemma-3's encoder is trained on its last layer (18) and saved reading layer 13
+    # trained on the last layer (Gemma-3's 18, SmolLM2's 30), saved reading the layer chosen on dev
     saved = json.loads((run_dir / "3-simcse" / "llm2vec_config.json").read_text())
-    assert (simcse.pooling_layers, saved["pooling_layers"]) == (None, [13] if experiment == "gemma3_wiki" else [30])
+    assert (simcse.pooling_layers, saved["pooling_layers"]) == (None, [13] if experiment == "gemma3_wiki" else [25])
 
     eval_dir = tmp_path / "eval"
     score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
@@ -59,6 +59,12 @@ def simcse_step(experiment: str):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         recipe = compose_config([f"experiment={experiment}"])
         return compose_config([f"experiment={experiment}", "stage=simcse", *recipe.pipeline.simcse])
+
+
+@pytest.mark.parametrize("experiment, layer", [("smollm2_wiki", 25), ("gemma3_wiki", 13)])
+def test_the_wiki_recipes_train_on_the_last_layer_and_save_the_layer_chosen_on_dev(experiment, layer):
+    simcse = simcse_step(experiment)
+    assert (simcse.pooling_layers, simcse.saved_pooling_layers) == (None, [layer])
 
 
 def test_the_batch_64_recipe_is_gemma3_wiki_with_64_length_grouped_sentences_embedded_32_at_a_time():
