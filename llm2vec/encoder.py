@@ -7,8 +7,9 @@
 A saved encoder is a directory holding `llm2vec_config.json` (base model, pooling and the layers it
 reads, max length, attention, template), the trainable peft adapter (plain peft files at the top
 level), the adapters that were merged into the base before it (`merged_adapters/NN/`, applied in
-order), and the pooling weights when the pooling mode has any. A fully fine-tuned encoder (a stage with `lora: null`) holds
-its whole decoder instead (`decoder/`: config, weights, tokenizer), which the merged adapters are part of.
+order), and the pooling weights when the pooling mode has any. A fully fine-tuned encoder (a stage
+with `lora: null`) holds its whole decoder instead (`decoder/`: config, weights, tokenizer), which the
+merged adapters are part of.
 """
 
 from __future__ import annotations
