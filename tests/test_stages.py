@@ -17,6 +17,7 @@ from llm2vec import LLM2Vec, enable_bidirectional
 from llm2vec.data import BatchStream, Pairs, Sentences, TextBlocks
 from llm2vec.loading import load_tokenizer, resolve_weights
 from llm2vec.losses import ContrastiveLoss, dimension_contrastive_loss, off_dropout_loss
+from llm2vec.replaced_tokens import ReplacedTokenDetection
 from llm2vec.stages import MNTP, SimCSE, Supervised
 from llm2vec.stages.base import compile_decoder_layers
 
@@ -584,3 +585,71 @@ def test_supervised_step_defaults_to_the_papers_temperature_and_passes_the_rest_
     assert (module.mini_batch_size, module.loss.both_ways, module.loss.margin) == (2, True, 0.1)
     with pytest.raises(TypeError, match="attention_dropout"):  # a SimCSE option: not silently dropped
         Supervised(LLM2Vec.from_pretrained("tiny-random-llama"), LORA, ADAMW, attention_dropout=0.3)
+
+
+def test_replaced_token_detection_refills_masked_text_tokens_with_the_generators_argmax():
+    detection = ReplacedTokenDetection(hidden_size=4, mask_token_id=9, mask_ratio=1.0, special_token_ids=(1,))
+    features = {"input_ids": torch.tensor([[1, 5, 6, 7], [1, 5, 6, 0]]),
+                "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+                "embed_mask": torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]])}
+    seen = []
+
+    def states(masked_ids):  # position p's state points at token (10 + p): output row 10 + p
+        seen.append(masked_ids)
+        return torch.nn.functional.one_hot(torch.arange(4) + 10, 16).float().expand(2, 4, 16)
+
+    output_embeddings = torch.eye(16)
+    output_embeddings[9, 10] = 2.0  # the mask token scores highest at position 0, and is never guessed
+    edited, replaced = detection.edit(features, states, output_embeddings)
+    # every text token after a real one is masked; BOS (special, first) and padding are not
+    assert seen[0].tolist() == [[1, 9, 9, 9], [1, 9, 9, 0]]
+    assert edited.tolist() == [[1, 10, 11, 12], [1, 10, 11, 0]]  # token i from position i-1
+    assert replaced.tolist() == [[False, True, True, True], [False, True, True, False]]
+    originals_first = torch.eye(16)[[0, 1, 2, 3, 4, 10, 11, 12, 8, 9, 5, 6, 7, 13, 14, 15]]  # rows 5-7 score best
+    guessed_right = detection.edit(features, states, originals_first)
+    assert not guessed_right[1].any()  # a guess equal to the original is no replacement
+    with pytest.raises(ValueError, match="mask_ratio"):
+        ReplacedTokenDetection(4, 9, mask_ratio=0.0)
+
+
+def test_simcse_replaced_token_loss_conditions_the_encoder_on_the_sentence_embedding():
+    torch.manual_seed(0)
+    module = simcse(replaced_token_weight=0.5, replaced_token_ratio=0.5, temperature=0.1)
+    detection = module.replaced_tokens
+    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in detection.parameters())
+    module.train()
+    first, _ = module.embed_batch(SENTENCES)
+    features = module.encoder.tokenize(SENTENCES)
+    edited, replaced = detection.edit(features, lambda ids: module.encoder.model(input_ids=ids).last_hidden_state,
+                                      module.encoder.model.get_input_embeddings().weight)
+    assert replaced.any() and not replaced[features["embed_mask"] == 0].any()
+    with torch.no_grad():  # the map starts at zero: every sentence embedding gives the same loss
+        detection.condition.weight.normal_(std=0.5)
+    first.retain_grad()
+    loss = detection.loss(module.encoder.model, features, edited, replaced, first)
+    other = detection.loss(module.encoder.model, features, edited, replaced, first.flip(0))
+    assert torch.isfinite(loss) and not torch.isclose(loss, other)  # the discriminator reads the embedding
+    loss.backward()
+    assert first.grad.abs().sum() > 0 and detection.condition.weight.grad.abs().sum() > 0  # into the embedding
+    lora = [p for name, p in module.encoder.model.named_parameters() if "lora_B" in name]
+    module.zero_grad()
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    before = [p.detach().clone() for p in lora]
+    assert torch.isfinite(manual_step(module, SENTENCES)) and logged["train/replaced_token_loss"] > 0
+    assert all(not torch.equal(a, b) for a, b in zip(before, lora))
+    assert simcse().replaced_tokens is None  # off by default
+
+
+def test_simcse_replaced_token_loss_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="replaced_token_weight"):
+        simcse(replaced_token_weight=-1.0)
+    with pytest.raises(ValueError, match="gradient caching"):
+        simcse(replaced_token_weight=0.005, mini_batch_size=2)
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama")
+    with pytest.raises(ValueError, match="LoRA adapter"):
+        SimCSE(encoder, None, ADAMW, replaced_token_weight=0.005)
+    encoder.model.config.tie_word_embeddings = False
+    with pytest.raises(ValueError, match="does not tie"):
+        SimCSE(encoder, LORA, ADAMW, replaced_token_weight=0.005)

@@ -57,6 +57,14 @@ forward pass. On the same recipe, weight 0.1 tied it (-0.03 dev at one seed; REA
 
 With `margin` (radians), ArcCSE's angular margin on the positives (`llm2vec.losses.ContrastiveLoss`).
 On the same recipe, margins of 0.1 and 0.2 lost 0.13 and 0.25 dev at one seed (README, "LoRA targets").
+
+With `replaced_token_weight` (DiffCSE's 0.005), that times DiffCSE's conditional replaced-token
+detection loss (`llm2vec.replaced_tokens`) is added: `replaced_token_ratio` of each sentence's text
+tokens are masked (with the `mask_token_type` its MNTP run masked with) and refilled by the model
+SimCSE started from (adapter off, dropout off, no gradients); the encoder then reads the edited
+sentence after the first view's embedding and tells which tokens were replaced. Two more forward
+passes a step (one with gradients); it needs a LoRA adapter (the generator is the model without it),
+tied input and output embeddings, and no gradient caching.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ from torch import nn
 from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
 from llm2vec.losses import dimension_contrastive_loss, off_dropout_loss
+from llm2vec.masking import mask_token_id
+from llm2vec.replaced_tokens import ReplacedTokenDetection
 from llm2vec.stages.base import add_hidden_dropout, gather_from_all_processes, set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
 
@@ -97,6 +107,9 @@ class SimCSE(ContrastiveStage):
         momentum: float = 0.0,
         hidden_dropout: float = 0.0,
         margin: float = 0.0,
+        replaced_token_weight: float = 0.0,
+        replaced_token_ratio: float = 0.3,
+        mask_token_type: str = "blank",
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -112,6 +125,11 @@ class SimCSE(ContrastiveStage):
             raise ValueError(f"momentum {momentum!r} must be a decay in [0, 1) (0: off)")
         if momentum and not queue_size:
             raise ValueError("momentum fills the queue of negatives: set queue_size too")
+        if replaced_token_weight < 0:
+            raise ValueError(f"replaced_token_weight {replaced_token_weight!r} must be a weight >= 0 (0: off)")
+        if replaced_token_weight and (lora is None or mini_batch_size is not None):
+            raise ValueError("replaced_token_weight needs a LoRA adapter (its generator is the model without "
+                             "it) and no gradient caching (mini_batch_size)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways, margin)
         set_attention_dropout(encoder.model, attention_dropout)
@@ -127,11 +145,37 @@ class SimCSE(ContrastiveStage):
         self.momentum = momentum
         self.momentum_weights: list[torch.Tensor] | None = None  # the average of trainable_weights()
         self.momentum_keys: torch.Tensor | None = None  # this batch's queue entries (momentum encoder)
+        self.replaced_token_weight = replaced_token_weight
+        # Outside the encoder like the projection head: trained, checkpointed, not saved with the encoder.
+        self.replaced_tokens = replaced_token_detection(encoder, replaced_token_ratio, mask_token_type) \
+            if replaced_token_weight else None
 
     def training_step(self, batch: list[str], batch_idx: int) -> torch.Tensor:
         if self.momentum:
             self.momentum_keys = self.momentum_embeddings(batch)
-        return super().training_step(batch, batch_idx)
+        if self.replaced_tokens is None:
+            return super().training_step(batch, batch_idx)
+        embeddings = self.embed_batch(batch)
+        detection = self.replaced_token_loss(batch, embeddings[0])
+        loss = self.batch_loss(*embeddings) + self.replaced_token_weight * detection
+        self.log("train/replaced_token_loss", detection, batch_size=len(batch), sync_dist=True)
+        self.log_step(loss, batch_size=len(batch))
+        return loss
+
+    def replaced_token_loss(self, sentences: list[str], sentence_embeddings: torch.Tensor) -> torch.Tensor:
+        """DiffCSE's loss: the sentences edited by the model without the adapter, then told apart by
+        the encoder given each sentence's embedding."""
+        model = self.encoder.model
+        features = {name: tensor.to(self.device) for name, tensor in self.encoder.tokenize(sentences).items()}
+        positions = (features["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)  # as the encoder counts them
+
+        def generator_states(masked_ids: torch.Tensor) -> torch.Tensor:
+            with model.disable_adapter(), dropout_off(model):
+                return model(input_ids=masked_ids, attention_mask=features["attention_mask"], position_ids=positions,
+                             use_cache=False).last_hidden_state
+
+        edited, replaced = self.replaced_tokens.edit(features, generator_states, model.get_input_embeddings().weight)
+        return self.replaced_tokens.loss(model, features, edited, replaced, sentence_embeddings)
 
     @torch.no_grad()
     def momentum_embeddings(self, sentences: list[str]) -> torch.Tensor:
@@ -236,6 +280,19 @@ def weights_swapped(weights: list[nn.Parameter], values: list[torch.Tensor]) -> 
         with torch.no_grad():
             for weight, value in zip(weights, saved):
                 weight.copy_(value)
+
+
+def replaced_token_detection(encoder: LLM2Vec, mask_ratio: float, mask_token_type: str) -> ReplacedTokenDetection:
+    config = encoder.model.config
+    if not getattr(config, "tie_word_embeddings", False):
+        raise ValueError("replaced_token_weight reads the generator through its input embeddings: "
+                         f"{type(encoder.model).__name__} does not tie them to its LM head")
+    vocabulary = encoder.model.get_input_embeddings().num_embeddings
+    mask_id = mask_token_id(encoder.tokenizer, mask_token_type, vocabulary)
+    if mask_id >= vocabulary:
+        raise ValueError("replaced_token_weight: mask_token_type 'mask' is a token MNTP added and dropped; "
+                         "choose blank or eos")
+    return ReplacedTokenDetection(config.hidden_size, mask_id, mask_ratio, tuple(encoder.tokenizer.all_special_ids))
 
 
 def projection_mlp(hidden_size: int) -> nn.Sequential:
