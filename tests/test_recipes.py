@@ -1,6 +1,6 @@
-"""The Wikipedia-only recipes (`experiment=smollm2_wiki`, `experiment=gemma3_wiki`) end to end on
-their real models, cut to 2 steps a stage: every step trains on Wikipedia text, saves an encoder,
-and `stage=eval` on the saved encoder (how the README's scores are made) runs."""
+"""The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`) end
+to end on their real models, cut to 2 steps a stage: every step trains on Wikipedia text, saves an
+encoder, and `stage=eval` on the saved encoder (how the README's scores are made) runs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from conftest import FIXTURES, ROOT, compose_config, run_module
 
 SMOKE = [
     "trainer.max_steps=2",  # inherited by every step, it outranks the steps' stage.max_steps
+    "trainer.log_every_n_steps=1",
     "max_length=32",
     "compile_layers=false",
     f"eval.tasks=[{{name:STS-tiny,path:'{FIXTURES / 'sts_tiny.tsv'}'}}]",
@@ -29,7 +30,8 @@ def run_job(overrides: list[str]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment, model", [("smollm2_wiki", "smollm2-135m"), ("gemma3_wiki", "gemma3-270m")])
+@pytest.mark.parametrize("experiment, model", [("smollm2_wiki", "smollm2-135m"), ("gemma3_wiki", "gemma3-270m"),
+                                               ("gemma3_wiki_diffcse", "gemma3-270m")])
 def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experiment, model, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
@@ -46,7 +48,9 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     assert simcse.data.group_by_length is (experiment == "smollm2_wiki")  # Gemma-3's batches are drawn at random
     # trained on the last layer (Gemma-3's 18, SmolLM2's 30), saved reading the layer chosen on dev
     saved = json.loads((run_dir / "3-simcse" / "llm2vec_config.json").read_text())
-    assert (simcse.pooling_layers, saved["pooling_layers"]) == (None, [13] if experiment == "gemma3_wiki" else [25])
+    assert (simcse.pooling_layers, saved["pooling_layers"]) == (None, [13] if model == "gemma3-270m" else [25])
+    logged = next((run_dir / "3-simcse" / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert "train/loss" in logged and ("train/replaced_token_loss" in logged) is (experiment == "gemma3_wiki_diffcse")
 
     eval_dir = tmp_path / "eval"
     score = run_job(["stage=eval", f"stage.init_from={run_dir / '3-simcse'}", *SMOKE, f"run_dir={eval_dir}"])
@@ -77,3 +81,12 @@ def test_the_batch_64_recipe_is_gemma3_wiki_with_64_length_grouped_sentences_emb
     for key in ("data.files", "stage.max_steps", "stage.module.optimizer.lr",
                 "stage.module.temperature", "stage.module.attention_dropout", "model", "pooling", "max_length"):
         assert OmegaConf.select(b64, key) == OmegaConf.select(base, key), key
+
+
+def test_the_diffcse_recipe_is_gemma3_wiki_with_replaced_token_detection():
+    base, diffcse = simcse_step("gemma3_wiki"), simcse_step("gemma3_wiki_diffcse")
+    assert (base.stage.module.replaced_token_weight, diffcse.stage.module.replaced_token_weight) == (0.0, 0.005)
+    assert diffcse.stage.module.replaced_token_ratio == 0.3 and diffcse.stage.module.mask_token_type == "blank"
+    for key in ("data", "stage.max_steps", "stage.module.optimizer", "stage.module.temperature",
+                "stage.module.attention_dropout", "model", "pooling", "max_length", "saved_pooling_layers"):
+        assert OmegaConf.select(diffcse, key) == OmegaConf.select(base, key), key

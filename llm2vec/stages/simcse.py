@@ -64,7 +64,9 @@ tokens are masked (with the `mask_token_type` its MNTP run masked with) and refi
 SimCSE started from (adapter off, dropout off, no gradients); the encoder then reads the edited
 sentence after the first view's embedding and tells which tokens were replaced. Two more forward
 passes a step (one with gradients); it needs a LoRA adapter (the generator is the model without it),
-tied input and output embeddings, and no gradient caching.
+tied input and output embeddings, and no gradient caching. On Gemma-3-270M with Wiki1M (`make run`'s
+recipe, read at layer 13) weight 0.005 gained 0.23 dev and 0.16 test (inconclusive) over three seeds
+for 3.8x the SimCSE minutes: `experiment=gemma3_wiki_diffcse` (README, "DiffCSE's replaced-token detection").
 """
 
 from __future__ import annotations
