@@ -25,18 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm2vec.masking import MNTPMasking
+
 
 class ReplacedTokenDetection(nn.Module):
     """The edit (`edit`) and the conditioned discriminator's loss (`loss`) for one encoder."""
 
-    def __init__(self, hidden_size: int, mask_token_id: int, mask_ratio: float = 0.3,
+    def __init__(self, hidden_size: int, mask_token_id: int, vocab_size: int, mask_ratio: float = 0.3,
                  special_token_ids: tuple[int, ...] = ()):
         super().__init__()
-        if not 0 < mask_ratio <= 1:
-            raise ValueError(f"mask_ratio {mask_ratio!r} must be a share of the tokens in (0, 1]")
+        # MNTP's masking says which tokens may be masked; every masked one becomes the mask token.
+        self.masking = MNTPMasking(mask_token_id, vocab_size, mask_ratio, "all_mask", special_token_ids)
         self.mask_token_id = mask_token_id
         self.mask_ratio = mask_ratio
-        self.special_token_ids = tuple(sorted(set(special_token_ids)))
         self.condition = nn.Linear(hidden_size, hidden_size, bias=False)
         nn.init.zeros_(self.condition.weight)
         self.head = nn.Linear(hidden_size, 1)
@@ -44,10 +45,9 @@ class ReplacedTokenDetection(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def maskable(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embed_mask: torch.Tensor) -> torch.Tensor:
-        """Text tokens (not special) with a real token before them, the position that predicts them."""
-        special = torch.tensor(self.special_token_ids, device=input_ids.device, dtype=input_ids.dtype)
-        allowed = embed_mask.bool() & ~torch.isin(input_ids, special)
-        allowed[:, 0] = False
+        """MNTP's eligible tokens that are text (not instruction) with a real token before them, the
+        position that predicts them (left padding precedes the first)."""
+        allowed = self.masking.eligible(input_ids, attention_mask) & embed_mask.bool()
         allowed[:, 1:] &= attention_mask[:, :-1].bool()
         return allowed
 

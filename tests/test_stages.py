@@ -588,7 +588,8 @@ def test_supervised_step_defaults_to_the_papers_temperature_and_passes_the_rest_
 
 
 def test_replaced_token_detection_refills_masked_text_tokens_with_the_generators_argmax():
-    detection = ReplacedTokenDetection(hidden_size=4, mask_token_id=9, mask_ratio=1.0, special_token_ids=(1,))
+    detection = ReplacedTokenDetection(hidden_size=4, mask_token_id=9, vocab_size=16, mask_ratio=1.0,
+                                       special_token_ids=(1,))
     features = {"input_ids": torch.tensor([[1, 5, 6, 7], [1, 5, 6, 0]]),
                 "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
                 "embed_mask": torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]])}
@@ -609,7 +610,7 @@ def test_replaced_token_detection_refills_masked_text_tokens_with_the_generators
     guessed_right = detection.edit(features, states, originals_first)
     assert not guessed_right[1].any()  # a guess equal to the original is no replacement
     with pytest.raises(ValueError, match="mask_ratio"):
-        ReplacedTokenDetection(4, 9, mask_ratio=0.0)
+        ReplacedTokenDetection(4, 9, 16, mask_ratio=0.0)
 
 
 def test_simcse_replaced_token_loss_conditions_the_encoder_on_the_sentence_embedding():

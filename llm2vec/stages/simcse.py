@@ -294,7 +294,8 @@ def replaced_token_detection(encoder: LLM2Vec, mask_ratio: float, mask_token_typ
     if mask_id >= vocabulary:
         raise ValueError("replaced_token_weight: mask_token_type 'mask' is a token MNTP added and dropped; "
                          "choose blank or eos")
-    return ReplacedTokenDetection(config.hidden_size, mask_id, mask_ratio, tuple(encoder.tokenizer.all_special_ids))
+    return ReplacedTokenDetection(config.hidden_size, mask_id, vocabulary, mask_ratio,
+                                  tuple(encoder.tokenizer.all_special_ids))
 
 
 def projection_mlp(hidden_size: int) -> nn.Sequential:
