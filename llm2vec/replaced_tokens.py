@@ -36,8 +36,6 @@ class ReplacedTokenDetection(nn.Module):
         super().__init__()
         # MNTP's masking says which tokens may be masked; every masked one becomes the mask token.
         self.masking = MNTPMasking(mask_token_id, vocab_size, mask_ratio, "all_mask", special_token_ids)
-        self.mask_token_id = mask_token_id
-        self.mask_ratio = mask_ratio
         self.condition = nn.Linear(hidden_size, hidden_size, bias=False)
         nn.init.zeros_(self.condition.weight)
         self.head = nn.Linear(hidden_size, 1)
@@ -58,13 +56,13 @@ class ReplacedTokenDetection(nn.Module):
         maps masked input ids to the generator's last hidden states; `output_embeddings` is its
         (vocabulary, hidden) output matrix."""
         input_ids = features["input_ids"]
-        masked = torch.rand(input_ids.shape, device=input_ids.device) < self.mask_ratio
+        masked = torch.rand(input_ids.shape, device=input_ids.device) < self.masking.mask_ratio
         masked &= self.maskable(input_ids, features["attention_mask"], features["embed_mask"])
-        states = predict_states(input_ids.masked_fill(masked, self.mask_token_id))
+        states = predict_states(input_ids.masked_fill(masked, self.masking.mask_token_id))
         predicting = masked[:, 1:]  # position i-1 predicts token i
         scores = states[:, :-1][predicting] @ output_embeddings.T.to(states.dtype)
         # Never the mask token itself: a bidirectional generator reads it in the next input and copies it.
-        scores[:, self.mask_token_id] = float("-inf")
+        scores[:, self.masking.mask_token_id] = float("-inf")
         guesses = scores.argmax(dim=-1)
         edited = input_ids.clone()
         edited[:, 1:][predicting] = guesses
