@@ -643,9 +643,27 @@ def test_simcse_replaced_token_loss_conditions_the_encoder_on_the_sentence_embed
     assert simcse().replaced_tokens is None  # off by default
 
 
+def test_simcse_replaced_token_lr_trains_the_discriminators_own_layers_at_their_own_rate():
+    module = simcse(replaced_token_weight=0.005, replaced_token_lr=0.5)
+    encoder_group, own_group = module.configure_optimizers().param_groups
+    own = list(module.replaced_tokens.parameters())
+    assert [id(p) for p in own_group["params"]] == [id(p) for p in own] and own_group["lr"] == 0.5
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in module.trainable_weights()} - {id(p) for p in own}
+    assert encoder_group["lr"] == ADAMW.keywords["lr"]
+    # one step moves the head's bias by about its own lr (Adam's first step is the gradient's sign)
+    bias = module.replaced_tokens.head.bias.detach().clone()
+    optimizer = module.configure_optimizers()
+    module.replaced_token_loss(SENTENCES, module.embed_batch(SENTENCES)[0]).backward()
+    optimizer.step()
+    assert torch.allclose((module.replaced_tokens.head.bias - bias).abs(), torch.tensor(0.5), atol=1e-3)
+    assert len(simcse(replaced_token_weight=0.005).configure_optimizers().param_groups) == 1  # null: one rate
+
+
 def test_simcse_replaced_token_loss_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="replaced_token_weight"):
         simcse(replaced_token_weight=-1.0)
+    with pytest.raises(ValueError, match="replaced_token_lr"):
+        simcse(replaced_token_weight=0.005, replaced_token_lr=0.0)
     with pytest.raises(ValueError, match="gradient caching"):
         simcse(replaced_token_weight=0.005, mini_batch_size=2)
     encoder = LLM2Vec.from_pretrained("tiny-random-llama")

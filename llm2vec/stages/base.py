@@ -160,8 +160,12 @@ class TrainingStage(LightningModule):
     def trainable_weights(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def parameter_groups(self) -> list[nn.Parameter] | list[dict]:
+        """What the optimizer trains: the trainable weights, or groups of them with their own settings."""
+        return self.trainable_weights()
+
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.trainable_weights())
+        optimizer = self.make_optimizer(self.parameter_groups())
         if self.make_scheduler is None:
             return optimizer
         scheduler = self.make_scheduler(optimizer)

@@ -111,6 +111,7 @@ class SimCSE(ContrastiveStage):
         margin: float = 0.0,
         replaced_token_weight: float = 0.0,
         replaced_token_ratio: float = 0.3,
+        replaced_token_lr: float | None = None,
         mask_token_type: str = "blank",
     ):
         if instruction is not None and not instruction.strip():
@@ -132,6 +133,8 @@ class SimCSE(ContrastiveStage):
         if replaced_token_weight and (lora is None or mini_batch_size is not None):
             raise ValueError("replaced_token_weight needs a LoRA adapter (its generator is the model without "
                              "it) and no gradient caching (mini_batch_size)")
+        if replaced_token_lr is not None and replaced_token_lr <= 0:
+            raise ValueError(f"replaced_token_lr {replaced_token_lr!r} must be a learning rate > 0 (null: the optimizer's)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways, margin)
         set_attention_dropout(encoder.model, attention_dropout)
@@ -151,6 +154,7 @@ class SimCSE(ContrastiveStage):
         # Outside the encoder like the projection head: trained, checkpointed, not saved with the encoder.
         self.replaced_tokens = replaced_token_detection(encoder, replaced_token_ratio, mask_token_type) \
             if replaced_token_weight else None
+        self.replaced_token_lr = replaced_token_lr
 
     def training_step(self, batch: list[str], batch_idx: int) -> torch.Tensor:
         if self.momentum:
@@ -163,6 +167,15 @@ class SimCSE(ContrastiveStage):
         self.log("train/replaced_token_loss", detection, batch_size=len(batch), sync_dist=True)
         self.log_step(loss, batch_size=len(batch))
         return loss
+
+    def parameter_groups(self) -> list[nn.Parameter] | list[dict]:
+        if self.replaced_tokens is None or self.replaced_token_lr is None:
+            return super().parameter_groups()
+        # Only the detection loss trains the discriminator's own layers, and Adam's steps do not scale
+        # with a loss's weight: at the encoder's lr they barely leave their start in a short run.
+        own = {id(p) for p in self.replaced_tokens.parameters()}
+        return [{"params": [p for p in self.trainable_weights() if id(p) not in own]},
+                {"params": list(self.replaced_tokens.parameters()), "lr": self.replaced_token_lr}]
 
     def replaced_token_loss(self, sentences: list[str], sentence_embeddings: torch.Tensor) -> torch.Tensor:
         """DiffCSE's loss: the sentences edited by the model without the adapter, then told apart by
