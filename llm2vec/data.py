@@ -217,7 +217,8 @@ class Sentences(StreamDataModule):
     duplicates dropped. `hub_if_missing`: read `hub` only when a local file is missing (read_texts).
     `min_words`: sentences of fewer whitespace-separated words are dropped too (Wiki1M holds names,
     headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives;
-    dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README). Random batches
+    dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README). `max_words`: longer ones
+    are dropped (Wiki1M's median sentence has 16 words, STS-B's 10). Random batches
     (no `group_by_length`) scored +0.8 test, +0.1 dev and +4.9 test with the STS instruction over
     three Gemma-3 seeds, and after MNTP +0.4 dev, +0.8 test (every seed higher): `make run`'s (README)."""
 
@@ -231,12 +232,16 @@ class Sentences(StreamDataModule):
         seed: int = 0,
         hub_if_missing: bool = False,
         min_words: int = 0,
+        max_words: int | None = None,
     ):
+        if max_words is not None and max_words < max(min_words, 1):
+            raise ValueError(f"max_words {max_words!r} must be at least min_words ({min_words}) and 1 (null: no limit)")
         super().__init__(batch_size, seed)
         self.files, self.hub = list(files), hub
         self.hub_if_missing = hub_if_missing
         self.max_sentences = max_sentences
         self.min_words = min_words
+        self.max_words = max_words
         self.group_by_length = group_by_length
         self.sentences: list[str] | None = None
 
@@ -244,12 +249,14 @@ class Sentences(StreamDataModule):
         if self.sentences is None:
             texts = read_texts(self.files, self.hub, read_sentences, self.hub_if_missing)
             unique = dict.fromkeys(texts)  # dedupe, keep order
-            kept = [text for text in unique if len(text.split()) >= self.min_words]
+            longest = self.max_words or float("inf")
+            kept = [text for text in unique if self.min_words <= len(text.split()) <= longest]
             if not kept:
-                raise ValueError(f"no sentence of {self.min_words} or more words in {self.files or self.hub}")
+                raise ValueError(f"no sentence of {self.min_words} to {longest} words in {self.files or self.hub}")
             dropped = len(unique) - len(kept)
             if dropped:
-                logger.info("sentences of fewer than %d words dropped: %d of %d", self.min_words, dropped, len(unique))
+                logger.info("sentences outside %d to %s words dropped: %d of %d", self.min_words, longest, dropped,
+                            len(unique))
             self.sentences = kept[: self.max_sentences]
 
     def global_batches(self, epoch: int, global_batch_size: int) -> list[list]:

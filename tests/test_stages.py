@@ -93,15 +93,20 @@ def test_sentences_read_both_tsv_columns_and_grouping_by_length_pads_less(tmp_pa
     assert sorted(s for b in grouped.global_batches(0, 2) for s in b) == sorted(data.sentences)
 
 
-def test_sentences_drop_those_under_min_words_and_refuse_when_none_is_left(tmp_path):
+def test_sentences_drop_those_outside_min_and_max_words_and_refuse_when_none_is_left(tmp_path):
     text = tmp_path / "wiki.txt"
     text.write_text("Notes\nJohn Smith\nThe river rises in the hills.\nIt was won by Dundalk.\n")
     data = Sentences([str(text)], batch_size=2, min_words=3)
     data.setup()
     assert data.sentences == ["The river rises in the hills.", "It was won by Dundalk."]
     too_strict = Sentences([str(text)], batch_size=2, min_words=7)
-    with pytest.raises(ValueError, match="no sentence of 7 or more words"):
+    with pytest.raises(ValueError, match="no sentence of 7 to inf words"):
         too_strict.setup()
+    short = Sentences([str(text)], batch_size=2, min_words=2, max_words=5)
+    short.setup()
+    assert short.sentences == ["John Smith", "It was won by Dundalk."]
+    with pytest.raises(ValueError, match="max_words"):
+        Sentences([str(text)], batch_size=2, min_words=3, max_words=2)
 
 
 def test_pairs_batches_come_from_one_dataset_with_instructions_on_queries():
