@@ -65,10 +65,11 @@ def simcse_step(experiment: str):
         return compose_config([f"experiment={experiment}", "stage=simcse", *recipe.pipeline.simcse])
 
 
-@pytest.mark.parametrize("experiment, layer", [("smollm2_wiki", 25), ("gemma3_wiki", 13)])
-def test_the_wiki_recipes_train_on_the_last_layer_and_save_the_layer_chosen_on_dev(experiment, layer):
+@pytest.mark.parametrize("experiment, layer, steps", [("smollm2_wiki", 25, 250), ("gemma3_wiki", 13, 125)])
+def test_the_wiki_recipes_train_on_the_last_layer_and_save_the_layer_and_steps_chosen_on_dev(experiment, layer, steps):
     simcse = simcse_step(experiment)
     assert (simcse.pooling_layers, simcse.saved_pooling_layers) == (None, [layer])
+    assert simcse.stage.max_steps == steps == simcse.stage.module.scheduler.num_training_steps
 
 
 def test_the_batch_64_recipe_is_gemma3_wiki_with_64_length_grouped_sentences_embedded_32_at_a_time():
