@@ -100,11 +100,13 @@ def test_sentences_drop_those_outside_min_and_max_words_and_refuse_when_none_is_
     data.setup()
     assert data.sentences == ["The river rises in the hills.", "It was won by Dundalk."]
     too_strict = Sentences([str(text)], batch_size=2, min_words=7)
-    with pytest.raises(ValueError, match="no sentence of 7 to inf words"):
+    with pytest.raises(ValueError, match="no sentence of 7 or more words"):
         too_strict.setup()
     short = Sentences([str(text)], batch_size=2, min_words=2, max_words=5)
     short.setup()
     assert short.sentences == ["John Smith", "It was won by Dundalk."]
+    with pytest.raises(ValueError, match="no sentence of 7 to 9 words"):
+        Sentences([str(text)], batch_size=2, min_words=7, max_words=9).setup()
     with pytest.raises(ValueError, match="max_words"):
         Sentences([str(text)], batch_size=2, min_words=3, max_words=2)
 
@@ -669,6 +671,8 @@ def test_simcse_replaced_token_loss_refuses_what_it_cannot_run():
         simcse(replaced_token_weight=-1.0)
     with pytest.raises(ValueError, match="replaced_token_lr"):
         simcse(replaced_token_weight=0.005, replaced_token_lr=0.0)
+    with pytest.raises(ValueError, match="replaced_token_lr needs replaced_token_weight"):
+        simcse(replaced_token_lr=1e-3)
     with pytest.raises(ValueError, match="gradient caching"):
         simcse(replaced_token_weight=0.005, mini_batch_size=2)
     encoder = LLM2Vec.from_pretrained("tiny-random-llama")

@@ -137,6 +137,8 @@ class SimCSE(ContrastiveStage):
                              "it) and no gradient caching (mini_batch_size)")
         if replaced_token_lr is not None and replaced_token_lr <= 0:
             raise ValueError(f"replaced_token_lr {replaced_token_lr!r} must be a learning rate > 0 (null: the optimizer's)")
+        if replaced_token_lr is not None and not replaced_token_weight:
+            raise ValueError("replaced_token_lr needs replaced_token_weight > 0 (it trains that loss's own layers)")
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways, margin)
         set_attention_dropout(encoder.model, attention_dropout)
