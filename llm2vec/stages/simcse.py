@@ -173,13 +173,13 @@ class SimCSE(ContrastiveStage):
         return loss
 
     def parameter_groups(self) -> list[nn.Parameter] | list[dict]:
-        if self.replaced_tokens is None or self.replaced_token_lr is None:
+        if self.replaced_token_lr is None:  # set only beside replaced_token_weight (__init__ refuses it alone)
             return super().parameter_groups()
         # Only the detection loss trains the discriminator's own layers, and Adam's steps do not scale
         # with a loss's weight: at the encoder's lr they barely leave their start in a short run.
-        own = {id(p) for p in self.replaced_tokens.parameters()}
-        return [{"params": [p for p in self.trainable_weights() if id(p) not in own]},
-                {"params": list(self.replaced_tokens.parameters()), "lr": self.replaced_token_lr}]
+        own = list(self.replaced_tokens.parameters())
+        rest = [p for p in self.trainable_weights() if all(p is not q for q in own)]
+        return [{"params": rest}, {"params": own, "lr": self.replaced_token_lr}]
 
     def replaced_token_loss(self, sentences: list[str], sentence_embeddings: torch.Tensor) -> torch.Tensor:
         """DiffCSE's loss: the sentences edited by the model without the adapter, then told apart by
