@@ -1,4 +1,5 @@
-"""The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`) end
+"""The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`,
+`gemma3_wiki_wikitext`) end
 to end on their real models, cut to 2 steps a stage: every step trains on Wikipedia text, saves an
 encoder, and `stage=eval` on the saved encoder (how the README's scores are made) runs."""
 
@@ -30,15 +31,20 @@ def run_job(overrides: list[str]):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment, model", [("smollm2_wiki", "smollm2-135m"), ("gemma3_wiki", "gemma3-270m"),
-                                               ("gemma3_wiki_diffcse", "gemma3-270m")])
-def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experiment, model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("experiment, model, sentences", [
+    ("smollm2_wiki", "smollm2-135m", "wiki1m_first_11914.txt"),
+    ("gemma3_wiki", "gemma3-270m", "wiki1m_first_11914.txt"),
+    ("gemma3_wiki_diffcse", "gemma3-270m", "wiki1m_first_11914.txt"),
+    ("gemma3_wiki_wikitext", "gemma3-270m", "wikitext2_sentences.txt"),
+])
+def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experiment, model, sentences, tmp_path,
+                                                                         monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
     run_job([f"experiment={experiment}", *SMOKE, f"run_dir={run_dir}"])
 
     assert list(json.loads((run_dir / "metrics.json").read_text())) == ["bidirectional", "mntp", "simcse"]
-    for step, data_file in (("2-mntp", "wikitext2_paragraphs.txt"), ("3-simcse", "wiki1m_first_11914.txt")):
+    for step, data_file in (("2-mntp", "wikitext2_paragraphs.txt"), ("3-simcse", sentences)):
         config = OmegaConf.load(run_dir / step / "config.yaml")
         assert [Path(f).name for f in config.data.files] == [data_file]  # Wikipedia, no STS sentence
         assert config.model.base_model_name_or_path == model
@@ -91,3 +97,13 @@ def test_the_diffcse_recipe_is_gemma3_wiki_with_replaced_token_detection():
     for key in ("data", "stage.max_steps", "stage.module.optimizer", "stage.module.temperature",
                 "stage.module.attention_dropout", "model", "pooling", "max_length", "saved_pooling_layers"):
         assert OmegaConf.select(diffcse, key) == OmegaConf.select(base, key), key
+
+
+def test_the_wikitext_recipe_is_gemma3_wiki_with_wikitext_sentences():
+    base, wikitext = simcse_step("gemma3_wiki"), simcse_step("gemma3_wiki_wikitext")
+    assert [Path(f).name for f in base.data.files] == ["wiki1m_first_11914.txt"]
+    assert [Path(f).name for f in wikitext.data.files] == ["wikitext2_sentences.txt"]
+    assert wikitext.data._target_ == base.data._target_ == "llm2vec.data.Sentences"
+    for key in ("data.batch_size", "data.group_by_length", "data.min_words", "data.max_words", "stage",
+                "model", "pooling", "max_length", "saved_pooling_layers"):
+        assert OmegaConf.select(wikitext, key) == OmegaConf.select(base, key), key
