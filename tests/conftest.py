@@ -23,14 +23,20 @@ TINY = [
 TINY_DATA = {"mntp": "data=tiny_blocks", "simcse": "data=tiny_sentences", "supervised": "data=tiny_pairs"}
 
 
-def _load_run_module():
-    spec = importlib.util.spec_from_file_location("llm2vec_run", ROOT / "run.py")
+def load_module(path: Path, name: str):
+    """A Python file that is not part of a package (run.py, an experiments/ script) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-run_module = _load_run_module()
+def load_experiment(name: str):
+    """experiments/<name>.py as a module."""
+    return load_module(ROOT / "experiments" / f"{name}.py", name)
+
+
+run_module = load_module(ROOT / "run.py", "llm2vec_run")
 
 
 def compose_config(overrides: list[str]):

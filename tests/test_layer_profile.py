@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from llm2vec import LLM2Vec
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "layer_profile.py"
+from conftest import load_experiment
+
 TEXTS = ["A man plays a guitar.", "Kids play.", "The river floods the village after the rain."]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("layer_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("layer_profile")
 
 
 def test_the_last_layer_of_the_profile_is_the_encoders_embedding():

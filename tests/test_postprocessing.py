@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "postprocessing.py"
+from conftest import load_experiment
 
 
 def transforms(fit):
-    spec = importlib.util.spec_from_file_location("postprocessing", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.transforms(fit)
+    return load_experiment("postprocessing").transforms(fit)
 
 
 def test_centering_removing_directions_and_whitening():

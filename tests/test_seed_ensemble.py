@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "seed_ensemble.py"
+from conftest import load_experiment
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("seed_ensemble", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("seed_ensemble")
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -3,23 +3,18 @@ pooling with those weights."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from llm2vec import LLM2Vec
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "token_weighting.py"
+from conftest import load_experiment
+
 TEXTS = ["the cat sat on the mat", "a dog", "stocks fell sharply on monday"]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("token_weighting", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("token_weighting")
 
 
 def test_rarer_tokens_weigh_more():
