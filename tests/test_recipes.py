@@ -1,7 +1,7 @@
 """The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`,
-`gemma3_wiki_wikitext`) end
-to end on their real models, cut to 2 steps a stage: every step trains on Wikipedia text, saves an
-encoder, and `stage=eval` on the saved encoder (how the README's scores are made) runs."""
+`gemma3_wiki_wikitext`) end to end on their real models, cut to 2 steps a stage: every step trains on
+Wikipedia text, saves an encoder, and `stage=eval` on the saved encoder (how the README's scores are
+made) runs."""
 
 from __future__ import annotations
 
