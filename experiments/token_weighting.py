@@ -67,8 +67,12 @@ def main() -> None:
     ways = weightings(token_counts(encoder.tokenizer, wiki))
     for split in args.splits:
         pairs = load_sts(DATA / "sts" / f"STSB-{split}.tsv", split=split)
+        unique = sorted(set(pairs.sentences1) | set(pairs.sentences2))  # each sentence encoded once, as predict_sts does
+        index = {sentence: i for i, sentence in enumerate(unique)}
+        first, second = [index[s] for s in pairs.sentences1], [index[s] for s in pairs.sentences2]
         for name, weights in ways.items():
-            cosine = cosine_scores(embed(encoder, pairs.sentences1, weights), embed(encoder, pairs.sentences2, weights))
+            vectors = embed(encoder, unique, weights)
+            cosine = cosine_scores(vectors[first], vectors[second])
             print(f"STSB-{split}\t{name}\t{100 * spearmanr(cosine, pairs.scores).correlation:.2f}", flush=True)
 
 
