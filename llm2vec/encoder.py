@@ -362,6 +362,12 @@ class LLM2Vec(nn.Module):
     # ----------------------------------------------------------------- forward and encode
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled embeddings (batch, hidden) of tokenized features, with gradients if enabled."""
+        return self.pool_layer_sets(features, [self.pooling_layers])[0]
+
+    def pool_layer_sets(self, features: dict[str, torch.Tensor], layer_sets: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """From one forward pass, one pooled embedding (batch, hidden) per set of layers, each pooled as
+        `pooling_layers` would be (`check_pooling_layers` numbers): e.g. the trained embedding and an
+        intermediate layer's beside it (SimCSE's `layer_negatives`)."""
         attention_mask = features["attention_mask"]
         position_ids = features.get("position_ids")  # packed features bring theirs
         if position_ids is None:
@@ -371,15 +377,18 @@ class LLM2Vec(nn.Module):
         model_mask = attention_mask
         if packed:  # each text of a row attends to itself only
             model_mask = block_diagonal_mask(self.model, features["input_ids"], attention_mask)
-        last_only = self.pools_last_layer_only
+        last = [self.model.config.num_hidden_layers]
+        last_only = all(list(layers) == last for layers in layer_sets)
         outputs = self.model(input_ids=features["input_ids"], attention_mask=model_mask, position_ids=position_ids,
                              use_cache=False, output_hidden_states=not last_only)
-        hidden = outputs.last_hidden_state
-        if not last_only:
-            hidden = average_layers(outputs.hidden_states, final_norm(self.model), self.pooling_layers)
-        if packed:
-            return self.pooling(*unpack(hidden, features))
-        return self.pooling(hidden, attention_mask, features["embed_mask"])
+        pooled = []
+        for layers in layer_sets:
+            hidden = outputs.last_hidden_state
+            if list(layers) != last:
+                hidden = average_layers(outputs.hidden_states, final_norm(self.model), layers)
+            pooled.append(self.pooling(*unpack(hidden, features)) if packed
+                          else self.pooling(hidden, attention_mask, features["embed_mask"]))
+        return pooled
 
     def encode(
         self,

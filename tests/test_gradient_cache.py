@@ -145,6 +145,14 @@ def test_simcse_off_dropout_negatives_get_the_full_batch_gradients():
     assert_equal_gradients(actual, expected)
 
 
+def test_simcse_layer_negatives_get_the_full_batch_gradients():
+    module = simcse(mini_batch_size=4, layer_negatives=1)
+    expected_loss, expected = full_batch(module, SENTENCES, 4)
+    loss, actual = step(module, SENTENCES)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    assert_equal_gradients(actual, expected)
+
+
 def test_simcse_with_dropout_and_gradient_checkpointing_gets_the_full_batch_gradients():
     module = simcse(mini_batch_size=4, gradient_checkpointing=True, lora={**LORA, "lora_dropout": 0.1})
     expected_loss, expected = full_batch(module, SENTENCES, 4)

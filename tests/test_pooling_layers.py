@@ -52,6 +52,17 @@ def test_layers_are_averaged_after_the_final_norm(architecture):
     assert np.abs(got - last).max() > 1e-3 and np.abs(first - last).max() > 1e-3
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_several_layer_sets_from_one_pass_equal_each_set_pooled_alone(pack):
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama")
+    features = encoder.tokenize(TEXTS, pack=pack)
+    with torch.no_grad():
+        last, first, both = encoder.pool_layer_sets(features, [[2], [1], [1, 2]])
+    np.testing.assert_allclose(last.numpy(), encoder.encode(TEXTS), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(first.numpy(), hooked_reference(encoder, TEXTS, [1]), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(both.numpy(), hooked_reference(encoder, TEXTS, [1, 2]), atol=1e-4, rtol=1e-4)
+
+
 def test_save_and_load_keep_the_layers_and_a_load_argument_overrides_them(tmp_path):
     encoder = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=[1])
     expected = encoder.encode(TEXTS)

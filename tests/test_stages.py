@@ -309,6 +309,29 @@ def test_simcse_dimension_loss_is_added_with_its_weight():
         simcse(dimension_loss_weight=-0.1)
 
 
+def test_simcse_layer_negatives_add_both_views_states_at_that_layer_to_the_negatives():
+    module = simcse(layer_negatives=1, temperature=0.1)  # tiny-random-llama: 2 layers, the last one pooled
+    module.eval()
+    with torch.no_grad():
+        first, second, layer = module.embed_batch(SENTENCES)
+        at_layer = LLM2Vec.from_pretrained("tiny-random-llama", pooling_layers=1)
+        at_layer.model = module.encoder.model  # the same weights (and adapter), read at layer 1
+        reference = at_layer.encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(layer, torch.cat([reference, reference]), atol=1e-5, rtol=1e-4)
+    plain = ContrastiveLoss(temperature=0.1)(first, second)
+    with_layer = ContrastiveLoss(temperature=0.1)(first, second, negatives=layer)
+    torch.testing.assert_close(module.batch_loss(first, second, layer), (plain + with_layer) / 2)
+    assert with_layer > plain  # each sentence's own layer-1 state is a hard negative
+    module.train()
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    assert len(simcse().embed_batch(SENTENCES)) == 2  # off by default
+    for bad in (2, -1, [1], True):  # the pooled layer itself, a list, a bool
+        with pytest.raises(ValueError, match="layer_negatives"):
+            simcse(layer_negatives=bad)
+    with pytest.raises(ValueError, match="layer_negatives"):
+        simcse(layer_negatives=1, off_dropout_negatives=True)
+
+
 def fit_losses(module, steps: int, resume_from: Path | None = None, save_to: Path | None = None) -> list[float]:
     """The training losses of the Lightning steps up to `steps` on the same SENTENCES batch (the same
     batch each step, so a resumed run needs no data position); optionally resumed from and saved to

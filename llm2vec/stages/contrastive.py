@@ -50,8 +50,12 @@ class ContrastiveStage(TrainingStage):
     def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:
         """Pooled embeddings with gradients, tokenized and pooled exactly as at inference. Packed
         (`llm2vec.packing`) where the encoder allows it: the same embeddings without the padding's compute."""
+        return self.encoder(self.features(items))
+
+    def features(self, items: Sequence[str | Sequence[str]]) -> dict[str, torch.Tensor]:
+        """The texts tokenized as `embed` feeds them to the encoder, on this module's device."""
         features = self.encoder.tokenize(items, pack=self.pack_sequences and self.encoder.can_pack)
-        return self.encoder({name: tensor.to(self.device) for name, tensor in features.items()})
+        return {name: tensor.to(self.device) for name, tensor in features.items()}
 
     def embed_batch(self, batch: Any) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

@@ -69,6 +69,13 @@ recipe, read at layer 13) weight 0.005 gained 0.23 dev and 0.16 test (inconclusi
 for 3.8x the SimCSE minutes: `experiment=gemma3_wiki_diffcse` (README, "DiffCSE's replaced-token detection").
 `replaced_token_lr` gives the discriminator's own layers (the condition map and head) a learning rate
 of their own; in 30-step probes neither 1e-3 nor 1e-2 brought its loss below the base rate's (ibid.).
+
+With `layer_negatives` (a layer number), SSCL's loss (Chen et al., ACL 2023, "Alleviating
+Over-smoothing for Unsupervised Sentence Representation"): both views' states at that intermediate
+layer, pooled as the embedding is (through the final norm), join every first view's negatives, each
+sentence's own among them, so the trained embedding must move away from what an earlier layer
+already says of the same sentence; the loss is the mean of SimCSE's and that one's, as in SSCL's
+code (its default: the penultimate layer). The same forward pass, no extra compute but the scores.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ from llm2vec.augmentation import repeat_words
 from llm2vec.encoder import LLM2Vec
 from llm2vec.losses import dimension_contrastive_loss, off_dropout_loss
 from llm2vec.masking import mask_token_id
+from llm2vec.pooling import check_pooling_layers
 from llm2vec.replaced_tokens import ReplacedTokenDetection
 from llm2vec.stages.base import add_hidden_dropout, gather_from_all_processes, set_attention_dropout
 from llm2vec.stages.contrastive import ContrastiveStage
@@ -115,6 +123,7 @@ class SimCSE(ContrastiveStage):
         replaced_token_ratio: float = 0.3,
         replaced_token_lr: float | None = None,
         mask_token_type: str = "blank",
+        layer_negatives: int | None = None,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -139,6 +148,9 @@ class SimCSE(ContrastiveStage):
             raise ValueError(f"replaced_token_lr {replaced_token_lr!r} must be a learning rate > 0 (null: the optimizer's)")
         if replaced_token_lr is not None and not replaced_token_weight:
             raise ValueError("replaced_token_lr needs replaced_token_weight > 0 (it trains that loss's own layers)")
+        if layer_negatives is not None and off_dropout_negatives:
+            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes no layer_negatives")
+        negative_layers = None if layer_negatives is None else layer_set(layer_negatives, encoder)
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
                          mini_batch_size, both_ways, margin)
         set_attention_dropout(encoder.model, attention_dropout)
@@ -159,6 +171,7 @@ class SimCSE(ContrastiveStage):
         self.replaced_tokens = replaced_token_detection(encoder, replaced_token_ratio, mask_token_type) \
             if replaced_token_weight else None
         self.replaced_token_lr = replaced_token_lr
+        self.layer_negatives = negative_layers  # SSCL's layer as a set of pooled layers
 
     def training_step(self, batch: list[str], batch_idx: int) -> torch.Tensor:
         if self.momentum:
@@ -219,7 +232,12 @@ class SimCSE(ContrastiveStage):
     def embed_batch(self, sentences: list[str]) -> tuple[torch.Tensor, ...]:
         # Both views in one forward pass: dropout masks differ between the two copies of a sentence.
         first_views = sentences if self.instruction is None else [[self.instruction, s] for s in sentences]
-        first, second = self.project(self.embed(first_views + self.second_views(sentences))).chunk(2)
+        views = first_views + self.second_views(sentences)
+        if self.layer_negatives is not None:
+            pooled, layer = self.encoder.pool_layer_sets(self.features(views),
+                                                         [self.encoder.pooling_layers, self.layer_negatives])
+            return *self.project(pooled).chunk(2), self.project(layer)
+        first, second = self.project(self.embed(views)).chunk(2)
         if not self.off_dropout_negatives:
             return first, second
         with dropout_off(self.encoder.model):
@@ -237,17 +255,20 @@ class SimCSE(ContrastiveStage):
         seed = f"{torch.initial_seed()}:{self.global_step}"
         return [repeat_words(s, self.word_repetition, random.Random(f"{seed}:{s}")) for s in sentences]
 
-    def batch_loss(self, first: torch.Tensor, second: torch.Tensor, plain: torch.Tensor | None = None) -> torch.Tensor:
-        # Called once per training step (with gradient caching too, on the whole batch).
-        loss = self.sentence_loss(first, second, plain)
+    def batch_loss(self, first: torch.Tensor, second: torch.Tensor, third: torch.Tensor | None = None) -> torch.Tensor:
+        # Called once per training step (with gradient caching too, on the whole batch). `third`: the
+        # dropout-free embeddings (off_dropout_negatives) or both views at layer_negatives' layer.
+        loss = self.sentence_loss(first, second, third)
         if self.dimension_loss_weight:
             loss = loss + self.dimension_loss_weight * dimension_contrastive_loss(first, second)
         return loss
 
-    def sentence_loss(self, first: torch.Tensor, second: torch.Tensor, plain: torch.Tensor | None) -> torch.Tensor:
-        if plain is not None:
-            return off_dropout_loss(first, second, plain, self.loss.temperature)
+    def sentence_loss(self, first: torch.Tensor, second: torch.Tensor, third: torch.Tensor | None) -> torch.Tensor:
+        if self.off_dropout_negatives:
+            return off_dropout_loss(first, second, third, self.loss.temperature)
         loss = self.loss(first, second, memory=self.queue)
+        if self.layer_negatives is not None:  # SSCL: the mean of SimCSE's loss and the one with the layer's states
+            loss = (loss + self.loss(first, second, negatives=third, memory=self.queue)) / 2
         if self.queue_size:
             recent = (self.momentum_keys if self.momentum else second.detach()).float()
             if self.queue is not None:
@@ -270,6 +291,17 @@ class SimCSE(ContrastiveStage):
 
     def batch_size(self, sentences: list[str]) -> int:
         return len(sentences)
+
+
+def layer_set(layer: int, encoder: LLM2Vec) -> list[int]:
+    """`layer_negatives` as a set of layers to pool; one layer, not the encoder's pooled ones."""
+    layers = encoder.model.config.num_hidden_layers
+    if isinstance(layer, int) and not isinstance(layer, bool) and -layers - 1 <= layer <= layers:
+        pooled = check_pooling_layers(layer, layers)
+        if pooled != encoder.pooling_layers:
+            return pooled
+    raise ValueError(f"layer_negatives {layer!r} must be one layer, 0 to {layers} (-1 counts from the end), "
+                     f"other than the pooled ones ({encoder.pooling_layers}); null: off")
 
 
 @contextmanager
