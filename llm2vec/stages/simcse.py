@@ -76,6 +76,8 @@ layer, pooled as the embedding is (through the final norm), join every first vie
 sentence's own among them, so the trained embedding must move away from what an earlier layer
 already says of the same sentence; the loss is the mean of SimCSE's and that one's, as in SSCL's
 code (its default: the penultimate layer). The same forward pass, no extra compute but the scores.
+On Gemma-3-270M with Wiki1M (`make run`'s recipe, read at layer 13) layer 17 of 18 lost 0.38 dev at
+one seed (README, "Two combinations, SSCL and the learning rate's decay").
 """
 
 from __future__ import annotations
