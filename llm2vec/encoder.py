@@ -364,7 +364,8 @@ class LLM2Vec(nn.Module):
         """Pooled embeddings (batch, hidden) of tokenized features, with gradients if enabled."""
         return self.pool_layer_sets(features, [self.pooling_layers])[0]
 
-    def pool_layer_sets(self, features: dict[str, torch.Tensor], layer_sets: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    def pool_layer_sets(self, features: dict[str, torch.Tensor],
+                        layer_sets: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """From one forward pass, one pooled embedding (batch, hidden) per set of layers, each pooled as
         `pooling_layers` would be (`check_pooling_layers` numbers): e.g. the trained embedding and an
         intermediate layer's beside it (SimCSE's `layer_negatives`)."""

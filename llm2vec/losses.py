@@ -60,9 +60,15 @@ class ContrastiveLoss(nn.Module):
     `margin` (radians): ArcCSE's additive angular margin (Zhang et al., ACL 2022, "ArcCon"; ArcFace's
     margin): each positive's cosine cos(a) is scored as cos(a + margin), so a positive must beat the
     negatives by an angle, and a loss that in-batch negatives have made easy keeps teaching.
+
+    `decoupled`: the decoupled contrastive loss (Yeh et al., ECCV 2022, "DCL"): the positive leaves the
+    partition, -s(i, i)/t + logsumexp over the negatives alone, so a pair already scored well no
+    longer scales down its negatives' gradient, which InfoNCE's does most in small batches. It can
+    be negative.
     """
 
-    def __init__(self, temperature: float = 0.05, both_ways: bool = False, margin: float = 0.0):
+    def __init__(self, temperature: float = 0.05, both_ways: bool = False, margin: float = 0.0,
+                 decoupled: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature {temperature!r} must be positive")
@@ -71,6 +77,7 @@ class ContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.both_ways = both_ways
         self.margin = margin
+        self.decoupled = decoupled
 
     def forward(
         self,
@@ -94,7 +101,16 @@ class ContrastiveLoss(nn.Module):
         if self.both_ways:
             other_side = other_side_scores(queries, positives, all_positives, targets)
             scores = torch.cat([scores, other_side], dim=1)
+        if self.decoupled:
+            return decoupled_loss(scores / self.temperature, targets)
         return F.cross_entropy(scores / self.temperature, targets)
+
+
+def decoupled_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """DCL: the mean over rows of -logits[target] + logsumexp of the row's other logits."""
+    rows = torch.arange(len(logits), device=logits.device)
+    negatives = logits.index_put((rows, targets), torch.tensor(float("-inf"), device=logits.device))
+    return (torch.logsumexp(negatives, dim=1) - logits[rows, targets]).mean()
 
 
 def with_angular_margin(scores: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:

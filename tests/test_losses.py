@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llm2vec.losses import ContrastiveLoss, dimension_contrastive_loss, gather_with_grad, off_dropout_loss
+from llm2vec.losses import ContrastiveLoss, dimension_contrastive_loss, gather_with_grad, off_dropout_loss, unit
 
 
 def cross_entropy(scores: list[float], target: int) -> float:
@@ -90,6 +90,31 @@ def test_margin_keeps_a_finite_gradient_when_the_views_are_identical():
 def test_margin_must_be_an_angle_below_a_right_angle(margin):
     with pytest.raises(ValueError, match="margin"):
         ContrastiveLoss(margin=margin)
+
+
+def test_decoupled_leaves_each_positive_out_of_its_partition_hand_computed():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    positives = torch.tensor([[math.sqrt(3), 1.0], [1.0, 1.0]])
+    # cosines: q0.p0 = cos(pi/6), q0.p1 = cos(pi/4), q1.p0 = cos(pi/3), q1.p1 = cos(pi/4)
+    r, t = 1 / math.sqrt(2), 0.5
+    row0 = -math.cos(math.pi / 6) / t + r / t  # logsumexp of one negative is that negative
+    row1 = -r / t + 0.5 / t
+    loss = ContrastiveLoss(temperature=t, decoupled=True)(queries, positives)
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    assert loss.item() < 0  # no positive in the partition: the loss goes below zero
+    infonce = ContrastiveLoss(temperature=t)(queries, positives)
+    assert infonce.item() > 0 and ContrastiveLoss().decoupled is False  # off by default
+
+
+def test_decoupled_keeps_hard_negatives_and_memory_in_the_partition():
+    queries, positives, hard, memory = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    q, documents = unit(queries), unit(torch.cat([positives, hard, memory]))
+    logits = q @ documents.T / 0.1
+    own = logits[torch.arange(3), torch.arange(3)]
+    others = logits.masked_fill(torch.eye(3, 11, dtype=torch.bool), float("-inf"))
+    expected = (torch.logsumexp(others, dim=1) - own).mean()
+    loss = ContrastiveLoss(temperature=0.1, decoupled=True)(queries, positives, hard, memory=memory)
+    torch.testing.assert_close(loss, expected)
 
 
 def _worker(rank: int, world_size: int, port: int, queries, positives, negatives, out: str,

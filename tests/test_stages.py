@@ -250,6 +250,17 @@ def test_simcse_margin_trains_on_arccses_loss():
     assert torch.isfinite(manual_step(module, SENTENCES))
 
 
+def test_simcse_decoupled_trains_on_dcls_loss():
+    first, second = torch.randn(4, 8), torch.randn(4, 8)
+    module = simcse(decoupled=True, temperature=0.1)
+    expected = ContrastiveLoss(temperature=0.1, decoupled=True)(first, second)
+    torch.testing.assert_close(module.batch_loss(first, second), expected)
+    assert not torch.allclose(expected, simcse(temperature=0.1).batch_loss(first, second))  # off by default
+    assert torch.isfinite(manual_step(module, SENTENCES))
+    with pytest.raises(ValueError, match="decoupled"):
+        simcse(decoupled=True, off_dropout_negatives=True)
+
+
 def test_simcse_projection_head_trains_with_the_loss_and_stays_out_of_the_saved_encoder(tmp_path):
     torch.manual_seed(0)
     module = simcse(projection_head=True, attention_dropout=0.0)

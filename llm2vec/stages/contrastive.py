@@ -35,6 +35,7 @@ class ContrastiveStage(TrainingStage):
         mini_batch_size: int | None = None,
         both_ways: bool = False,
         margin: float = 0.0,
+        decoupled: bool = False,
     ):
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size {mini_batch_size!r} must be a positive number of examples, "
@@ -43,8 +44,9 @@ class ContrastiveStage(TrainingStage):
         encoder.model = make_trainable(encoder.model, lora, gradient_checkpointing)
         encoder.weights_trained = lora is None  # full fine-tuning: save writes the decoder's weights
         self.encoder = encoder
-        # both_ways: GTE's loss; margin: ArcCSE's angular margin on the positives (llm2vec.losses)
-        self.loss = ContrastiveLoss(temperature, both_ways, margin)
+        # both_ways: GTE's loss; margin: ArcCSE's angular margin on the positives; decoupled: DCL's
+        # partition without the positive (llm2vec.losses)
+        self.loss = ContrastiveLoss(temperature, both_ways, margin, decoupled)
         self.mini_batch_size = mini_batch_size  # examples embedded at once; null: the whole batch
 
     def embed(self, items: Sequence[str | Sequence[str]]) -> torch.Tensor:

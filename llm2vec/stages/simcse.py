@@ -55,6 +55,8 @@ With `dimension_loss_weight` (SimCSE++'s 0.1), that times SimCSE++'s dimension-w
 of the two views (`llm2vec.losses.dimension_contrastive_loss`) is added to the loss, at no extra
 forward pass. On the same recipe, weight 0.1 tied it (-0.03 dev at one seed; README, ibid.).
 
+With `decoupled`, DCL's loss: the positive out of the partition (`llm2vec.losses.ContrastiveLoss`).
+
 With `margin` (radians), ArcCSE's angular margin on the positives (`llm2vec.losses.ContrastiveLoss`).
 On the same recipe, margins of 0.1 and 0.2 lost 0.13 and 0.25 dev at one seed (README, "LoRA targets").
 
@@ -126,6 +128,7 @@ class SimCSE(ContrastiveStage):
         replaced_token_lr: float | None = None,
         mask_token_type: str = "blank",
         layer_negatives: int | None = None,
+        decoupled: bool = False,
     ):
         if instruction is not None and not instruction.strip():
             raise ValueError("instruction must be a non-empty text, or null (no instruction)")
@@ -133,8 +136,9 @@ class SimCSE(ContrastiveStage):
             raise ValueError(f"word_repetition {word_repetition!r} must be a rate between 0 and 1 (0: off)")
         if queue_size < 0:
             raise ValueError(f"queue_size {queue_size!r} must be a number of earlier sentences (0: off)")
-        if off_dropout_negatives and (queue_size or both_ways or margin):
-            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes no queue_size, both_ways or margin")
+        if off_dropout_negatives and (queue_size or both_ways or margin or decoupled):
+            raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes no queue_size, both_ways, "
+                             "margin or decoupled")
         if dimension_loss_weight < 0:
             raise ValueError(f"dimension_loss_weight {dimension_loss_weight!r} must be a weight >= 0 (0: off)")
         if not 0.0 <= momentum < 1.0:
@@ -154,7 +158,7 @@ class SimCSE(ContrastiveStage):
             raise ValueError("off_dropout_negatives replaces the in-batch loss: it takes no layer_negatives")
         negative_layers = None if layer_negatives is None else layer_set(layer_negatives, encoder)
         super().__init__(encoder, lora, optimizer, scheduler, temperature, gradient_checkpointing, compile_layers,
-                         mini_batch_size, both_ways, margin)
+                         mini_batch_size, both_ways, margin, decoupled)
         set_attention_dropout(encoder.model, attention_dropout)
         add_hidden_dropout(encoder.model, hidden_dropout)
         self.instruction = instruction
