@@ -107,7 +107,9 @@ class ContrastiveLoss(nn.Module):
 
 
 def decoupled_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """DCL: the mean over rows of -logits[target] + logsumexp of the row's other logits."""
+    """DCL: the mean over rows of -logits[target] + logsumexp of the row's other logits, in float32
+    (as autocast runs cross_entropy)."""
+    logits = logits.float()
     rows = torch.arange(len(logits), device=logits.device)
     negatives = logits.index_put((rows, targets), torch.tensor(float("-inf"), device=logits.device))
     return (torch.logsumexp(negatives, dim=1) - logits[rows, targets]).mean()

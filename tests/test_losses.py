@@ -104,6 +104,9 @@ def test_decoupled_leaves_each_positive_out_of_its_partition_hand_computed():
     assert loss.item() < 0  # no positive in the partition: the loss goes below zero
     infonce = ContrastiveLoss(temperature=t)(queries, positives)
     assert infonce.item() > 0 and ContrastiveLoss().decoupled is False  # off by default
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 scores, as in training on a CPU
+        low = ContrastiveLoss(temperature=t, decoupled=True)(queries, positives)
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(loss.item(), abs=0.05)
 
 
 def test_decoupled_keeps_hard_negatives_and_memory_in_the_partition():
