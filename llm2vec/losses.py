@@ -64,7 +64,8 @@ class ContrastiveLoss(nn.Module):
     `decoupled`: the decoupled contrastive loss (Yeh et al., ECCV 2022, "DCL"): the positive leaves the
     partition, -s(i, i)/t + logsumexp over the negatives alone, so a pair already scored well no
     longer scales down its negatives' gradient, which InfoNCE's does most in small batches. It can
-    be negative.
+    be negative. In unsupervised SimCSE on Gemma-3-270M (Wiki1M, batches of 32) it lost 1.8 dev at
+    one seed (README, "Two combinations, SSCL, DCL and the learning rate's decay").
     """
 
     def __init__(self, temperature: float = 0.05, both_ways: bool = False, margin: float = 0.0,
