@@ -7,14 +7,17 @@ cost of one encoder, unlike an ensemble.
 A saved encoder is a base model plus a stack of LoRA adapters (`merged_adapters/NN`, then the one
 trained last). At each level of the stack the soup's adapter is peft's `cat` combination of the
 encoders' adapters there, each weighted 1/n: its weight change is exactly the mean of theirs (the
-ranks add up), so the soup's weights are the mean of the encoders' weights. The soup is a saved
-encoder like any other (`LLM2Vec.from_pretrained(out)`, `run.py stage=eval stage.init_from=out`).
-Pooling weights (latent attention) are averaged too.
+ranks add up), so the soup's weights are the mean of the encoders' weights. A level where every
+encoder holds the same adapter (the MNTP run that SimCSE runs on different data start from) is that
+adapter, kept as it is. The soup is a saved encoder like any other (`LLM2Vec.from_pretrained(out)`,
+`run.py stage=eval stage.init_from=out`, or `stage=soup` in a pipeline). Pooling weights (latent
+attention) are averaged too.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -27,26 +30,27 @@ from llm2vec.encoder_files import EncoderFilesError, read_config
 from llm2vec.loading import load_decoder
 
 # What the encoders of one soup must share: only their weights are averaged.
-SHARED_SETTINGS = ("base_model_name_or_path", "pooling_mode", "max_length", "enable_bidirectional", "echo",
-                   "template")
+SHARED_SETTINGS = ("base_model_name_or_path", "pooling_mode", "pooling_layers", "max_length",
+                   "enable_bidirectional", "echo", "template")
 SOUP_ADAPTER = "soup"
 
 
 def soup(encoder_dirs: Sequence[str | Path], out: str | Path, **hf_kwargs) -> Path:
     """Write the soup of the saved encoders `encoder_dirs` to `out` and return `out`."""
     settings, stacks = read_encoders([Path(d) for d in encoder_dirs])
-    base = settings["base_model_name_or_path"]
+    base = settings.pop("base_model_name_or_path")
     model, _ = load_decoder(base, **hf_kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         levels = []
         for level in range(len(stacks[0])):
-            model, adapter = mean_adapter(model, [stack[level] for stack in stacks], Path(tmp) / f"{level:02d}")
+            adapters = [stack[level] for stack in stacks]
+            if all(same_adapter(adapters[0], other) for other in adapters[1:]):
+                levels.append(adapters[0])
+                continue
+            model, adapter = mean_adapter(model, adapters, Path(tmp) / f"{level:02d}")
             levels.append(adapter)
         del model  # from_pretrained loads the base again and stacks the levels as for any saved encoder
-        encoder = LLM2Vec.from_pretrained(
-            base, peft_model_name_or_path=levels, pooling_mode=settings["pooling_mode"],
-            max_length=settings["max_length"], enable_bidirectional=settings["enable_bidirectional"],
-            echo=settings["echo"], template=settings["template"], **hf_kwargs)
+        encoder = LLM2Vec.from_pretrained(base, peft_model_name_or_path=levels, **settings, **hf_kwargs)
         if any(True for _ in encoder.pooling.parameters()):
             encoder.pooling.load_state_dict(mean_pooling_weights(encoder_dirs))
         return encoder.save(out)  # copies the merged levels out of tmp
@@ -76,6 +80,12 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
         raise ValueError(f"the encoders' adapter stacks must have one depth of at least 1 (got {depths}): "
                          "a soup averages the adapters level by level")
     return {key: configs[0].get(key) for key in SHARED_SETTINGS}, stacks
+
+
+def same_adapter(first: str, second: str) -> bool:
+    """Whether two adapter folders hold the same weights and config (byte for byte)."""
+    return all(filecmp.cmp(Path(first) / name, Path(second) / name, shallow=False)
+               for name in ("adapter_config.json", "adapter_model.safetensors"))
 
 
 def mean_adapter(model, adapters: list[str], out: Path) -> tuple[torch.nn.Module, Path]:

@@ -95,3 +95,26 @@ def test_soup_refuses_what_it_cannot_average(tmp_path):
     with pytest.raises(ValueError, match="fully fine-tuned"):
         soup([full, full], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_level_every_encoder_shares_is_kept_as_it_is(tmp_path):
+    shared = _adapter(tmp_path / "shared", 1)  # the MNTP run that SimCSE runs on different data start from
+    encoders = [LLM2Vec.from_pretrained(BASE, peft_model_name_or_path=[str(shared), str(_adapter(tmp_path / f"a{seed}", seed))],
+                                        pooling_layers=[1]).save(tmp_path / f"encoder{seed}") for seed in (2, 3)]
+    out = soup(encoders, tmp_path / "soup")
+
+    kept = out / "merged_adapters" / "00" / "adapter_model.safetensors"
+    assert kept.read_bytes() == (shared / "adapter_model.safetensors").read_bytes()  # not a rank-doubled copy
+    first, second, actual = (_merged_weights(d) for d in (*encoders, out))
+    for key, weight in actual.items():
+        torch.testing.assert_close(weight, (first[key] + second[key]) / 2, atol=1e-5, rtol=1e-5)
+    assert LLM2Vec.from_pretrained(str(out)).pooling_layers == [1]  # read where the encoders were
+
+
+def test_soup_refuses_encoders_pooling_other_layers(tmp_path):
+    adapter = str(_adapter(tmp_path / "adapter", 1))
+    layer1, last = (LLM2Vec.from_pretrained(BASE, peft_model_name_or_path=adapter, pooling_layers=layers).save(
+        tmp_path / f"encoder{layers}") for layers in ([1], None))
+    # the last of the tiny model's 2 layers, saved as a number
+    with pytest.raises(ValueError, match=r"pooling_layers \[2\] vs \[1\]"):
+        soup([layer1, last], tmp_path / "out")
