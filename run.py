@@ -3,6 +3,8 @@
 - stage=bidirectional: evaluate a model as it is (or a run dir: stage.init_from=<dir>);
 - stage=mntp | simcse | supervised: train a LoRA adapter with Lightning, save the encoder into the
   run dir (LLM2Vec.from_pretrained(<run dir>) loads it), evaluate it;
+- stage=soup: save the model soup of saved encoders (stage.ingredients=[<run dir>, ...]) into the
+  run dir, evaluate it;
 - stage=pipeline: the stages listed under `pipeline` in a row, each starting from the one before.
 
 Every run dir holds the resolved config.yaml and metrics.json (STS dev/test); training runs add the
@@ -31,6 +33,7 @@ from llm2vec.checkpoints import AtomicCheckpointIO
 from llm2vec.checkpoints import checkpoint_to_resume as resumable
 from llm2vec.evaluation import run_evaluation
 from llm2vec.precision import fastest_dtype, fastest_precision
+from llm2vec.soup import soup
 
 ROOT = Path(__file__).resolve().parent
 OmegaConf.register_new_resolver("project_root", lambda: str(ROOT), replace=True)
@@ -130,7 +133,10 @@ def run(cfg: DictConfig) -> float | None:
     atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.seed, workers=True)
     loggers, step = [], 0
-    if cfg.stage.get("module") is None:
+    if cfg.stage.name == "soup":
+        soup(list(cfg.stage.ingredients), run_dir)
+        encoder = instantiate(cfg.encoder, base_model_name_or_path=str(run_dir))
+    elif cfg.stage.get("module") is None:
         encoder = instantiate(cfg.encoder)
     else:
         trainer, loggers = train(cfg, run_dir)
@@ -152,22 +158,31 @@ PIPELINE_OWN_KEYS = ("stage", "run_dir", "resume", "hydra")
 
 def run_pipeline(cfg: DictConfig) -> float | None:
     """Each step is an ordinary run composed from the same command line plus `stage=<step>` and the
-    step's overrides, in <run_dir>/<n>-<step>, starting from the last trained step before it."""
+    step's overrides, in <run_dir>/<n>-<step>, starting from the last trained step before it.
+
+    A step named otherwise than its stage says it (`simcse_wikitext: [stage=simcse, ...]`), and a
+    step may name earlier steps where a run dir goes: `stage.init_from=mntp` starts it there instead,
+    `stage.ingredients=[simcse, simcse_wikitext]` makes a soup of them."""
     run_dir = Path(cfg.run_dir)
     command_line = HydraConfig.get().overrides.task  # inherited by every step, minus what a step sets
     inherited = [o for o in command_line if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
-    steps, init_from = [], None
-    kept = [(stage, overrides) for stage, overrides in cfg.pipeline.items() if overrides is not None]
-    for number, (stage, overrides) in enumerate(kept, 1):
-        step_dir = run_dir / f"{number}-{stage}"
+    steps, init_from, step_dirs = [], None, {}
+    kept = [(name, overrides) for name, overrides in cfg.pipeline.items() if overrides is not None]
+    for number, (name, overrides) in enumerate(kept, 1):
+        stage = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "stage"), name)
+        overrides = [o for o in overrides if _override_key(o) != "stage"]
+        step_dir = run_dir / f"{number}-{name}"
         step_overrides = [*inherited, f"stage={stage}", *overrides, f"run_dir={step_dir}"]
-        if init_from is not None:
+        if init_from is not None and "stage.init_from" not in map(_override_key, overrides):
             step_overrides.append(f"stage.init_from={init_from}")
         if cfg.resume and (step_dir / "checkpoints" / "last.ckpt").is_file():
             step_overrides.append("resume=true")
         # Compose every step before running any, so a wrong key fails in seconds, not after training.
-        steps.append((stage, step_dir, hydra.compose("config", overrides=step_overrides)))
-        if steps[-1][2].stage.get("module") is not None:
+        step_cfg = hydra.compose("config", overrides=step_overrides)
+        name_step_dirs(step_cfg, name, step_dirs, [n for n, _ in cfg.pipeline.items()])
+        steps.append((name, step_dir, step_cfg))
+        step_dirs[name] = step_dir
+        if step_cfg.stage.get("module") is not None or step_cfg.stage.name == "soup":
             init_from = step_dir
     results = {}
     for stage, step_dir, step_cfg in steps:
@@ -181,6 +196,23 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     last_step = list(results.values())[-1] if results else {}
     first = next(iter(last_step.values()), None)
     return main_score(first) if first else None
+
+
+def name_step_dirs(step_cfg: DictConfig, step: str, step_dirs: dict[str, Path], all_steps: list[str]) -> None:
+    """Replace the names of earlier steps in the step's stage.init_from and stage.ingredients by
+    their run dirs; a name of a later step, or of one left out (null), is refused."""
+    def step_dir(value):
+        if value in step_dirs:
+            return str(step_dirs[value])
+        if value in all_steps:
+            raise ValueError(f"pipeline step {step!r} names step {value!r}, which does not run before it "
+                             "(a later step, or one left out with null)")
+        return value
+
+    if step_cfg.stage.get("init_from") is not None:
+        step_cfg.stage.init_from = step_dir(step_cfg.stage.init_from)
+    if step_cfg.stage.get("ingredients") is not None:
+        step_cfg.stage.ingredients = [step_dir(value) for value in step_cfg.stage.ingredients]
 
 
 def pipeline_table(results: dict[str, dict]) -> str:

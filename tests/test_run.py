@@ -153,6 +153,43 @@ def test_a_null_pipeline_step_is_left_out(run_app, tmp_path):
     assert not (run_dir / "3-simcse").exists()
 
 
+SECOND_SIMCSE = ("+pipeline.simcse_again=['stage=simcse','stage.init_from=mntp','data=tiny_sentences',"
+                 "'trainer.max_steps=3','stage.module.temperature=0.1']")
+
+
+def test_a_pipeline_step_names_its_stage_and_earlier_steps_and_a_soup_step_averages_them(run_app, tmp_path):
+    run_dir = tmp_path / "pipeline"
+    run_app("experiment=smoke", SECOND_SIMCSE, "+pipeline.soup=['stage.ingredients=[simcse,simcse_again]']",
+            run_dir=run_dir)
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert list(results) == ["bidirectional", "mntp", "simcse", "simcse_again", "soup"]
+    assert math.isfinite(results["soup"]["STS-tiny"]["spearman"])
+    again = OmegaConf.load(run_dir / "4-simcse_again" / "config.yaml")
+    assert (again.stage.name, again.stage.init_from) == ("simcse", str(run_dir / "2-mntp"))  # not 3-simcse
+    assert again.stage.module.temperature == 0.1
+    soup_step = OmegaConf.load(run_dir / "5-soup" / "config.yaml")
+    assert list(soup_step.stage.ingredients) == [str(run_dir / "3-simcse"), str(run_dir / "4-simcse_again")]
+
+    def weights(step: str) -> dict[str, torch.Tensor]:
+        return LLM2Vec.from_pretrained(str(run_dir / step), merge_peft=True).model.state_dict()
+
+    first, second, soup = weights("3-simcse"), weights("4-simcse_again"), weights("5-soup")
+    assert any(not torch.equal(first[key], second[key]) for key in soup)
+    for key, weight in soup.items():
+        torch.testing.assert_close(weight, (first[key] + second[key]) / 2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["+pipeline.soup=['stage.ingredients=[simcse,simcse_again]']", SECOND_SIMCSE], "simcse_again"),  # after it
+    ([SECOND_SIMCSE, "pipeline.mntp=null"], "mntp"),  # left out
+])
+def test_a_pipeline_step_naming_a_step_that_does_not_run_before_it_fails_before_any_step_runs(
+        run_app, tmp_path, overrides, named):
+    with pytest.raises(ValueError, match=f"names step '{named}', which does not run before it"):
+        run_app("experiment=smoke", *overrides, run_dir=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
 def test_wandb_offline_run_holds_the_metrics_and_config(run_app, tmp_path):
     run_dir = tmp_path / "wandb-run"
     run_app("stage=simcse", TINY_DATA["simcse"], "trainer.max_steps=2", "logger=wandb", "tags=[smoke-test]",
@@ -196,7 +233,7 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose_config([f"experiment={experiment}", f"run_dir={tmp_path}"])
     OmegaConf.to_container(cfg, resolve=True)
-    assert cfg.stage.name in ("bidirectional", "mntp", "simcse", "supervised", "pipeline")
+    assert cfg.stage.name in ("bidirectional", "mntp", "simcse", "supervised", "pipeline", "soup")
 
 
 @pytest.mark.parametrize("stage", ["mntp", "simcse", "supervised"])
