@@ -1,5 +1,5 @@
 """The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`,
-`gemma3_wiki_wikitext`) end to end on their real models, cut to 2 steps a stage: every step trains on
+`gemma3_wiki_wikitext`, `gemma3_wiki_soup`) end to end on their real models, cut to 2 steps a stage: every step trains on
 Wikipedia text, saves an encoder, and `stage=eval` on the saved encoder (how the README's scores are
 made) runs."""
 
@@ -64,11 +64,30 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     assert "STS-tiny" in json.loads((eval_dir / "metrics.json").read_text())
 
 
-def simcse_step(experiment: str):
-    """The SimCSE step of a recipe's pipeline, composed as run.py composes it."""
+@pytest.mark.slow
+def test_the_soup_recipe_trains_two_simcse_runs_from_its_mntp_run_and_saves_their_soup(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    run_job(["experiment=gemma3_wiki_soup", *SMOKE, f"run_dir={run_dir}"])
+
+    steps = ["bidirectional", "mntp", "simcse", "simcse_wikitext", "soup"]
+    assert list(json.loads((run_dir / "metrics.json").read_text())) == steps
+    for step, data_file in (("3-simcse", "wiki1m_first_11914.txt"), ("4-simcse_wikitext", "wikitext2_sentences.txt")):
+        config = OmegaConf.load(run_dir / step / "config.yaml")
+        assert [Path(f).name for f in config.data.files] == [data_file]
+        assert config.stage.init_from == str(run_dir / "2-mntp")
+    saved = json.loads((run_dir / "5-soup" / "llm2vec_config.json").read_text())
+    assert saved["pooling_layers"] == [13] and saved["merged_adapters"] == ["merged_adapters/00"]
+    score = run_job(["stage=eval", f"stage.init_from={run_dir / '5-soup'}", *SMOKE, f"run_dir={tmp_path / 'eval'}"])
+    assert score is not None and -100 <= score <= 100
+
+
+def simcse_step(experiment: str, step: str = "simcse"):
+    """A SimCSE step of a recipe's pipeline, composed as run.py composes it."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         recipe = compose_config([f"experiment={experiment}"])
-        return compose_config([f"experiment={experiment}", "stage=simcse", *recipe.pipeline.simcse])
+        overrides = [o for o in recipe.pipeline[step] if not o.startswith(("stage=", "stage.init_from="))]
+        return compose_config([f"experiment={experiment}", "stage=simcse", *overrides])
 
 
 @pytest.mark.parametrize("experiment, layer, steps", [("smollm2_wiki", 25, 250), ("gemma3_wiki", 13, 125)])
@@ -107,3 +126,15 @@ def test_the_wikitext_recipe_is_gemma3_wiki_with_wikitext_sentences():
     for key in ("data.batch_size", "data.group_by_length", "data.min_words", "data.max_words", "stage",
                 "model", "pooling", "max_length", "saved_pooling_layers"):
         assert OmegaConf.select(wikitext, key) == OmegaConf.select(base, key), key
+
+
+def test_the_soup_recipe_soups_the_simcse_steps_of_gemma3_wiki_and_gemma3_wiki_wikitext():
+    def training(step):  # what trains: all but the pipeline listing the steps
+        return {key: value for key, value in OmegaConf.to_container(step).items() if key != "pipeline"}
+
+    assert training(simcse_step("gemma3_wiki_soup")) == training(simcse_step("gemma3_wiki"))
+    assert training(simcse_step("gemma3_wiki_soup", "simcse_wikitext")) == training(simcse_step("gemma3_wiki_wikitext"))
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        pipeline = compose_config(["experiment=gemma3_wiki_soup"]).pipeline
+    assert "stage.init_from=mntp" in pipeline.simcse_wikitext  # both from the one MNTP run
+    assert list(pipeline.soup) == ["stage.ingredients=[simcse,simcse_wikitext]"]
