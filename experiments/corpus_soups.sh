@@ -17,20 +17,21 @@ INSTRUCTION=${INSTRUCTION:-Retrieve semantically similar text:}
 if [ -n "${SMOKE:-}" ]; then
   LAYER=1
 fi
-BASE_ARGS="data.batch_size=32 data.group_by_length=false stage.module.optimizer.lr=3e-4"
-[ -n "${SMOKE:-}" ] && BASE_ARGS=""
 
 # ingredient <name>: sets TAG and ARGS, the SimCSE run's dir suffix and overrides
 ingredient() {
-  local data=data=wiki1m
-  [ -n "${SMOKE:-}" ] && data=data=tiny_sentences
+  local wiki1m="data=wiki1m data.batch_size=32 data.group_by_length=false stage.module.optimizer.lr=3e-4"
+  local wikitext="data=wiki_sentences data.batch_size=32 data.group_by_length=false stage.module.optimizer.lr=3e-4"
+  if [ -n "${SMOKE:-}" ]; then  # the fixture sentences, the two corpora told apart by temperature
+    wiki1m="data=tiny_sentences"
+    wikitext="data=tiny_sentences stage.module.temperature=0.2"
+  fi
   case $1 in
-    wiki1m) TAG=-random; ARGS="$data $BASE_ARGS";;
-    wikitext) TAG=-random-wikitext; ARGS="data=wiki_sentences $BASE_ARGS"
-              [ -n "${SMOKE:-}" ] && ARGS="data=tiny_sentences stage.module.temperature=0.2";;
-    rtd) TAG=-random-rtd0.005; ARGS="$data $BASE_ARGS stage.module.replaced_token_weight=0.005";;
-    max16) TAG=-random-max16; ARGS="$data $BASE_ARGS data.max_words=16";;
-    min6) TAG=-random-min6; ARGS="$data $BASE_ARGS data.min_words=6";;
+    wiki1m) TAG=-random; ARGS=$wiki1m;;
+    wikitext) TAG=-random-wikitext; ARGS=$wikitext;;
+    rtd) TAG=-random-rtd0.005; ARGS="$wiki1m stage.module.replaced_token_weight=0.005";;
+    max16) TAG=-random-max16; ARGS="$wiki1m data.max_words=16";;
+    min6) TAG=-random-min6; ARGS="$wiki1m data.min_words=6";;
     *) echo "unknown ingredient $1: wiki1m, wikitext, rtd, max16 or min6" >&2; exit 2;;
   esac
 }
