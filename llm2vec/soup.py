@@ -65,7 +65,8 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
         if not is_saved_encoder(encoder_dir):
             raise EncoderFilesError(f"{encoder_dir} is not a saved encoder (no llm2vec_config.json): pass the "
                                     "run dirs of finished training runs or folders written by LLM2Vec.save")
-        configs.append(read_config(encoder_dir))
+        config = read_config(encoder_dir)
+        configs.append(config | {"pooling_layers": pooling_layers(config)})
         if configs[-1].get("decoder"):
             raise ValueError(f"{encoder_dir} is fully fine-tuned (its whole decoder is saved): a soup averages "
                              "LoRA adapters, not decoders")
@@ -80,6 +81,15 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
         raise ValueError(f"the encoders' adapter stacks must have one depth of at least 1 (got {depths}): "
                          "a soup averages the adapters level by level")
     return {key: configs[0].get(key) for key in SHARED_SETTINGS}, stacks
+
+
+def pooling_layers(config: dict) -> list[int] | None:
+    """The saved encoder's pooled layers as layer numbers: encoders saved before `pooling_layers` was
+    (None) and those naming -1 pool the same last layer as those naming it by its number."""
+    layers, depth = config.get("pooling_layers"), config.get("base_model", {}).get("num_hidden_layers")
+    if depth is None:
+        return layers
+    return [depth] if layers is None else [layer % (depth + 1) for layer in layers]
 
 
 def same_adapter(first: str, second: str) -> bool:

@@ -4,6 +4,8 @@ that cannot be averaged are refused with a message naming why."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,13 @@ def test_soup_refuses_encoders_pooling_other_layers(tmp_path):
     # the last of the tiny model's 2 layers, saved as a number
     with pytest.raises(ValueError, match=r"pooling_layers \[2\] vs \[1\]"):
         soup([layer1, last], tmp_path / "out")
+
+
+def test_an_encoder_saved_before_pooling_layers_were_saved_pools_the_last_layer_like_one_naming_it(tmp_path):
+    adapter = str(_adapter(tmp_path / "adapter", 1))
+    old, new = (LLM2Vec.from_pretrained(BASE, peft_model_name_or_path=adapter).save(tmp_path / name)
+                for name in ("old", "new"))
+    config = json.loads((old / "llm2vec_config.json").read_text())
+    assert config.pop("pooling_layers") == [2]  # the tiny model's last layer
+    (old / "llm2vec_config.json").write_text(json.dumps(config))
+    assert LLM2Vec.from_pretrained(str(soup([old, new], tmp_path / "soup"))).pooling_layers == [2]
