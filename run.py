@@ -185,11 +185,11 @@ def run_pipeline(cfg: DictConfig) -> float | None:
         if step_cfg.stage.get("module") is not None or step_cfg.stage.name == "soup":
             init_from = step_dir
     results = {}
-    for stage, step_dir, step_cfg in steps:
+    for name, step_dir, step_cfg in steps:
         if not (cfg.resume and (step_dir / "metrics.json").is_file()):  # metrics.json: the step finished
             run(step_cfg)
             gc.collect()  # the finished step's model and trainer sit in reference cycles: free them now
-        results[stage] = json.loads((step_dir / "metrics.json").read_text())
+        results[name] = json.loads((step_dir / "metrics.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(run_dir / "metrics.json", results)
     print(f"\n== pipeline ({cfg.model.name}): score x100 after each step\n{pipeline_table(results)}", flush=True)

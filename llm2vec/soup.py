@@ -28,6 +28,7 @@ from peft import PeftModel
 from llm2vec.encoder import POOLING_WEIGHTS, LLM2Vec, is_saved_encoder, saved_adapter_stack
 from llm2vec.encoder_files import EncoderFilesError, read_config
 from llm2vec.loading import load_decoder
+from llm2vec.pooling import check_pooling_layers
 
 # What the encoders of one soup must share: only their weights are averaged.
 SHARED_SETTINGS = ("base_model_name_or_path", "pooling_mode", "pooling_layers", "max_length",
@@ -84,12 +85,10 @@ def read_encoders(encoder_dirs: list[Path]) -> tuple[dict, list[list[str]]]:
 
 
 def pooling_layers(config: dict) -> list[int] | None:
-    """The saved encoder's pooled layers as layer numbers: encoders saved before `pooling_layers` was
-    (None) and those naming -1 pool the same last layer as those naming it by its number."""
-    layers, depth = config.get("pooling_layers"), config.get("base_model", {}).get("num_hidden_layers")
-    if depth is None:
-        return layers
-    return [depth] if layers is None else [layer % (depth + 1) for layer in layers]
+    """The saved encoder's pooled layers as numbers: an encoder saved before `pooling_layers` was
+    (None) pools the last layer, as one naming it does."""
+    depth = (config.get("base_model") or {}).get("num_hidden_layers")
+    return config.get("pooling_layers") if depth is None else check_pooling_layers(config.get("pooling_layers"), depth)
 
 
 def same_adapter(first: str, second: str) -> bool:
