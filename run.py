@@ -166,7 +166,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.run_dir)
     command_line = HydraConfig.get().overrides.task  # inherited by every step, minus what a step sets
     inherited = [o for o in command_line if _override_key(o).split(".")[0] not in PIPELINE_OWN_KEYS]
-    steps, init_from, step_dirs = [], None, {}
+    steps, init_from, step_dirs, all_steps = [], None, {}, list(cfg.pipeline)
     kept = [(name, overrides) for name, overrides in cfg.pipeline.items() if overrides is not None]
     for number, (name, overrides) in enumerate(kept, 1):
         stage = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "stage"), name)
@@ -179,7 +179,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
             step_overrides.append("resume=true")
         # Compose every step before running any, so a wrong key fails in seconds, not after training.
         step_cfg = hydra.compose("config", overrides=step_overrides)
-        name_step_dirs(step_cfg, name, step_dirs, [n for n, _ in cfg.pipeline.items()])
+        name_step_dirs(step_cfg, name, step_dirs, all_steps)
         steps.append((name, step_dir, step_cfg))
         step_dirs[name] = step_dir
         if step_cfg.stage.get("module") is not None or step_cfg.stage.name == "soup":
