@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 
 from llm2vec import LLM2Vec
 from llm2vec.evaluation.sts import cosine_scores, load_sts
+from llm2vec.pooling import mean_pool
 
 DATA = Path(os.environ.get("LLM2VEC_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 WIKI_FILES = ("wiki1m_first_11914.txt", "wikitext2_sentences.txt")
@@ -41,16 +42,26 @@ def weightings(counts: np.ndarray) -> dict[str, np.ndarray]:
     return ways
 
 
-def embed(encoder: LLM2Vec, texts: list[str], weights: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Mean pooling with each text token weighted: mean pooling reads `embed_mask` as token weights."""
-    table = torch.from_numpy(weights)
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            features = encoder.tokenize(texts[start : start + batch_size])
-            features["embed_mask"] = features["embed_mask"] * table[features["input_ids"]]
-            chunks.append(encoder(features).float().numpy())
-    return np.concatenate(chunks)
+def embed(encoder: LLM2Vec, texts: list[str], ways: dict[str, np.ndarray],
+          batch_size: int = 64) -> dict[str, np.ndarray]:
+    """name -> embeddings of `texts`, each weighting's mean pooling with every text token weighted by
+    its token's weight. One forward pass a batch serves them all: a hook catches the token states the
+    encoder pools (its pooled layers, through the final norm) and each weighting pools them."""
+    tables = {name: torch.from_numpy(weights) for name, weights in ways.items()}
+    caught = {}
+    hook = encoder.pooling.register_forward_hook(lambda module, args, output: caught.update(states=args[0]))
+    chunks = {name: [] for name in tables}
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                features = encoder.tokenize(texts[start : start + batch_size])
+                encoder(features)
+                for name, table in tables.items():
+                    token_weights = features["embed_mask"] * table[features["input_ids"]]
+                    chunks[name].append(mean_pool(caught["states"], token_weights).float().numpy())
+    finally:
+        hook.remove()
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
 def main() -> None:
@@ -70,8 +81,7 @@ def main() -> None:
         unique = sorted(set(pairs.sentences1) | set(pairs.sentences2))  # each sentence encoded once, as predict_sts does
         index = {sentence: i for i, sentence in enumerate(unique)}
         first, second = [index[s] for s in pairs.sentences1], [index[s] for s in pairs.sentences2]
-        for name, weights in ways.items():
-            vectors = embed(encoder, unique, weights)
+        for name, vectors in embed(encoder, unique, ways).items():
             cosine = cosine_scores(vectors[first], vectors[second])
             print(f"STSB-{split}\t{name}\t{100 * spearmanr(cosine, pairs.scores).correlation:.2f}", flush=True)
 
