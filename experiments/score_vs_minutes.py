@@ -11,11 +11,11 @@ made it (run dirs holding one `seed<N>` dir per seed, relative to --runs):
         label: make run
         scores: wiki_recipe-gemma3_270m/mntp250-simcse125-t0.1-d0.3-random-layer13/no_instruction
         training: [gemma3_270m/mntp-250steps-r0.2-bert-blank, gemma3_270m/simcse-125-...-random]
-        pooled: false    # true: one encoder made from every seed's training (a soup of seeds)
+        pooled: null     # or the seeds one encoder was made from, e.g. [1, 2, 3] (a soup of seeds)
 
 A seed's training minutes are the sum of its training runs' `train.json` seconds (run.py writes
-them: training alone, no evaluation or loading); a pooled recipe's are the sum over every seed of
-its training runs. Optional keys: `lines` (name -> a test score to draw, e.g. the target), `floor`
+them: training alone, no evaluation or loading); a pooled recipe's one encoder costs the sum over
+its seeds of their training runs. Optional keys: `lines` (name -> a test score to draw, e.g. the target), `floor`
 (task -> the lowest score the plot's axis shows; lower points sit on it, labelled), `cpu` (the
 x axis's machine). Scores are the mean over the evaluated seeds with a 95% t interval
 (`llm2vec.confidence.seed_stats`). Writes results.md (the table) and score_vs_minutes.png.
@@ -53,10 +53,10 @@ def training_seconds(run_dir: Path) -> float:
     return float(json.loads(cost.read_text())["seconds"])
 
 
-def recipe_minutes(scored: list[str], training: list[Path], pooled: bool) -> list[float]:
-    """Training minutes of each scored seed; a pooled recipe's one encoder costs every seed's runs."""
+def recipe_minutes(scored: list[str], training: list[Path], pooled: list[int] | None) -> list[float]:
+    """Training minutes of each scored seed; a pooled recipe's one encoder costs its seeds' runs."""
     if pooled:
-        return [sum(training_seconds(run) for setting in training for run in seed_dirs(setting).values()) / 60]
+        return [sum(recipe_minutes([f"seed{seed}" for seed in pooled], training, None))]
     minutes = []
     for seed in scored:
         runs = [seed_dirs(setting).get(seed) for setting in training]
@@ -77,7 +77,7 @@ def read_recipe(recipe: dict, runs: Path) -> dict:
             scores[task].append(metrics[task]["spearman"])  # x100, as llm2vec.evaluation writes it
     training = [runs / setting for setting in recipe["training"]]
     return {"model": recipe["model"], "label": recipe["label"], "seeds": list(scored),
-            "minutes": recipe_minutes(list(scored), training, recipe.get("pooled", False)),
+            "minutes": recipe_minutes(list(scored), training, recipe.get("pooled")),
             "scores": {task: seed_stats(values) for task, values in scores.items()}}
 
 
@@ -151,7 +151,8 @@ def plot(rows: list[dict], path: Path, lines: dict[str, float], floor: dict[str,
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="YAML: recipes (model, label, scores, training, pooled), lines")
+    parser.add_argument("spec", type=Path,
+                        help="YAML: recipes (model, label, scores, training, pooled), lines, floor, cpu")
     parser.add_argument("--runs", type=Path, default=Path("experiments/runs"), help="where the spec's dirs are")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -46,10 +46,10 @@ def test_a_seed_costs_the_sum_of_its_training_runs_and_scores_are_means_over_see
     assert row["scores"]["STSB-dev"].mean == pytest.approx(82.0)
 
 
-def test_a_pooled_recipe_costs_every_seed_of_its_training(runs):
+def test_a_pooled_recipe_costs_the_training_of_the_seeds_it_was_made_from(runs):
     row = script.read_recipe({"model": "m", "label": "soup", "scores": "soup_eval",
-                              "training": ["mntp", "simcse"], "pooled": True}, runs)
-    assert row["minutes"] == pytest.approx([(480 + 540 + 600 + 360 + 300 + 420) / 60])
+                              "training": ["mntp", "simcse"], "pooled": [1, 3]}, runs)
+    assert row["minutes"] == pytest.approx([(480 + 600 + 360 + 420) / 60])  # not seed 2's runs
     assert row["scores"]["STSB-test"].n == 1
     assert "(one encoder)" in script.markdown([row])
 
@@ -58,6 +58,9 @@ def test_a_scored_seed_without_its_training_run_is_refused(runs):
     write_seed(runs / "eval", 4, scores=(80.0, 70.0))
     with pytest.raises(FileNotFoundError, match="seed4 was scored but not trained under .*simcse"):
         script.read_recipe({"model": "m", "label": "r", "scores": "eval", "training": ["mntp", "simcse"]}, runs)
+    with pytest.raises(FileNotFoundError, match="seed7 was scored but not trained"):
+        script.read_recipe({"model": "m", "label": "soup", "scores": "soup_eval", "training": ["mntp"],
+                            "pooled": [1, 7]}, runs)
 
 
 def test_a_missing_setting_or_train_json_is_named(runs):
@@ -72,7 +75,7 @@ def test_main_writes_the_table_and_the_plot(runs, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"title": "t", "lines": {"target": 77.0}, "recipes": [
         {"model": "m", "label": "recipe", "scores": "eval", "training": ["mntp", "simcse"]},
-        {"model": "m2", "label": "soup", "scores": "soup_eval", "training": ["mntp"], "pooled": True}]}))
+        {"model": "m2", "label": "soup", "scores": "soup_eval", "training": ["mntp"], "pooled": [1, 2, 3]}]}))
     out = tmp_path / "out"
     script.main([str(spec), "--runs", str(runs), "--out", str(out)])
     table = (out / "results.md").read_text()
