@@ -15,9 +15,9 @@ made it (run dirs holding one `seed<N>` dir per seed, relative to --runs):
 
 A seed's training minutes are the sum of its training runs' `train.json` seconds (run.py writes
 them: training alone, no evaluation or loading); a pooled recipe's one encoder costs the sum over
-its seeds of their training runs. Optional keys: `lines` (name -> a test score to draw, e.g. the target), `floor`
-(task -> the lowest score the plot's axis shows; lower points sit on it, labelled), `cpu` (the
-x axis's machine). Scores are the mean over the evaluated seeds with a 95% t interval
+its seeds of their training runs. Optional keys: `lines` (name -> a test score to draw, e.g. the
+target), `floor` (task -> the lowest score the plot's axis shows; lower points sit on it, labelled),
+`cpu` (the x axis's machine). Scores are the mean over the evaluated seeds with a 95% t interval
 (`llm2vec.confidence.seed_stats`). Writes results.md (the table) and score_vs_minutes.png.
 """
 
@@ -73,6 +73,9 @@ def read_recipe(recipe: dict, runs: Path) -> dict:
     scores = {task: [] for task in TASKS}
     for run in scored.values():
         metrics = json.loads((run / "metrics.json").read_text())
+        missing = [task for task in TASKS if task not in metrics]
+        if missing:
+            raise ValueError(f"{run}: no {', '.join(missing)} in metrics.json (score it with stage=eval eval=stsb)")
         for task in TASKS:
             scores[task].append(metrics[task]["spearman"])  # x100, as llm2vec.evaluation writes it
     training = [runs / setting for setting in recipe["training"]]

@@ -71,6 +71,12 @@ def test_a_missing_setting_or_train_json_is_named(runs):
         script.read_recipe({"model": "m", "label": "r", "scores": "soup_eval", "training": ["untimed"]}, runs)
 
 
+def test_an_evaluation_without_sts_b_is_named(runs):
+    (runs / "eval" / "seed2" / "metrics.json").write_text(json.dumps({"SICK-R": {"spearman": 70.0}}))
+    with pytest.raises(ValueError, match="seed2: no STSB-dev, STSB-test in metrics.json"):
+        script.read_recipe({"model": "m", "label": "r", "scores": "eval", "training": ["mntp", "simcse"]}, runs)
+
+
 def test_main_writes_the_table_and_the_plot(runs, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"title": "t", "lines": {"target": 77.0}, "recipes": [
