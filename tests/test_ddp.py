@@ -3,6 +3,9 @@ negatives are gathered across processes with gradients, so the loss and the adap
 match the single-process values (fp32 tolerance)."""
 
 import os
+import socket
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -18,6 +21,13 @@ QUERIES = [f"query {i} about topic {i % 3}" for i in range(8)]
 POSITIVES = [f"a passage on topic {i % 3} for query {i}" + " words" * (i % 4) for i in range(8)]
 NEGATIVES = [f"unrelated text number {i}" for i in range(8)]
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+WORKERS_DEADLINE_S = 240  # a hung process group fails the test instead of the whole suite
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def build_encoder() -> LLM2Vec:
@@ -39,7 +49,7 @@ def contrastive_step(model, encoder, queries, positives, negatives):
 
 def ddp_worker(rank: int, world: int, port: int, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     torch.set_num_threads(1)
     encoder = build_encoder()
     model = DistributedDataParallel(encoder)
@@ -51,7 +61,21 @@ def ddp_worker(rank: int, world: int, port: int, results):
     if rank == 0:
         results["loss"] = torch.stack(losses).mean()
         results["grads"] = grads  # DDP has averaged them across processes
+    # Rank 0 hosts the store: without the barrier it could tear the group down while rank 1 still
+    # needs it, and rank 1 then waited forever (seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
+
+
+def run_workers(world: int, results) -> None:
+    """ddp_worker on `world` processes, failing (not hanging) if they outlive the deadline."""
+    context = mp.spawn(ddp_worker, args=(world, free_port(), results), nprocs=world, join=False)
+    start = time.monotonic()
+    while not context.join(timeout=5):
+        if time.monotonic() - start > WORKERS_DEADLINE_S:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the DDP workers were still running after {WORKERS_DEADLINE_S} s")
 
 
 def test_ddp_loss_and_gradients_equal_single_process():
@@ -60,7 +84,7 @@ def test_ddp_loss_and_gradients_equal_single_process():
 
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(ddp_worker, args=(2, 29533, results), nprocs=2, join=True)
+        run_workers(2, results)
         ddp_loss, ddp_grads = results["loss"], dict(results["grads"])
 
     assert torch.isfinite(single_loss) and single_loss > 0
