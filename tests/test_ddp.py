@@ -61,8 +61,8 @@ def ddp_worker(rank: int, world: int, port: int, results):
     if rank == 0:
         results["loss"] = torch.stack(losses).mean()
         results["grads"] = grads  # DDP has averaged them across processes
-    # Rank 0 hosts the store: without the barrier it could tear the group down while rank 1 still
-    # needs it, and rank 1 then waited forever (seen once in CI).
+    # Rank 0 hosts the store: the barrier keeps it up until rank 1 is done with it (CI hung once with
+    # rank 1 waiting on a store rank 0 had closed; run_workers' deadline fails the test should it hang).
     dist.barrier()
     dist.destroy_process_group()
 
