@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from llm2vec.compare import training_cost
 from llm2vec.confidence import SeedStats, seed_stats
 
 TASKS = ("STSB-dev", "STSB-test")
@@ -47,24 +48,22 @@ def seed_dirs(setting: Path) -> dict[str, Path]:
 
 
 def training_seconds(run_dir: Path) -> float:
-    cost = run_dir / "train.json"
-    if not cost.is_file():
+    seconds = training_cost(run_dir, {}).get("train.seconds")  # llm2vec.compare reads run.py's train.json
+    if seconds is None:
         raise FileNotFoundError(f"{run_dir}: no train.json (not a finished training run?)")
-    return float(json.loads(cost.read_text())["seconds"])
+    return seconds
 
 
 def recipe_minutes(scored: list[str], training: list[Path], pooled: list[int] | None) -> list[float]:
     """Training minutes of each scored seed; a pooled recipe's one encoder costs its seeds' runs."""
-    if pooled:
-        return [sum(recipe_minutes([f"seed{seed}" for seed in pooled], training, None))]
+    trained = [seed_dirs(setting) for setting in training]
     minutes = []
-    for seed in scored:
-        runs = [seed_dirs(setting).get(seed) for setting in training]
-        missing = [str(setting) for setting, run in zip(training, runs) if run is None]
+    for seed in [f"seed{number}" for number in pooled] if pooled else scored:
+        missing = [str(setting) for setting, runs in zip(training, trained) if seed not in runs]
         if missing:
             raise FileNotFoundError(f"{seed} was scored but not trained under {', '.join(missing)}")
-        minutes.append(sum(training_seconds(run) for run in runs) / 60)
-    return minutes
+        minutes.append(sum(training_seconds(runs[seed]) for runs in trained) / 60)
+    return [sum(minutes)] if pooled else minutes
 
 
 def read_recipe(recipe: dict, runs: Path) -> dict:
