@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The main job: the best Wikipedia-only recipe, Gemma-3-270M bidirectional -> MNTP -> SimCSE, STS-B after
-# each step (25-40 minutes on 2 cores with AMX, about 1 h 45 in fp32 on AVX2 ones; conf/experiment/gemma3_wiki.yaml).
+# each step (25-40 minutes on 2 cores with AMX, about 40 in fp32 on AVX-512 ones, 1 h 45 on AVX2 ones;
+# conf/experiment/gemma3_wiki.yaml).
 run: setup
 	$(PY) run.py experiment=gemma3_wiki $(ARGS)
 
