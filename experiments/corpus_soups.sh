@@ -30,18 +30,13 @@ ingredient() {
   fi
   EXTRA=()
   case $1 in
-    wiki1m_instr|wikitext_instr)
-      ingredient "${1%_instr}"
-      TAG=$TAG-instr
-      EXTRA=("stage.module.instruction='$INSTRUCTION'")
-      return;;
-  esac
-  case $1 in
     wiki1m) TAG=-random; ARGS=$wiki1m;;
     wikitext) TAG=-random-wikitext; ARGS=$wikitext;;
     rtd) TAG=-random-rtd0.005; ARGS="$wiki1m stage.module.replaced_token_weight=0.005";;
     max16) TAG=-random-max16; ARGS="$wiki1m data.max_words=16";;
     min6) TAG=-random-min6; ARGS="$wiki1m data.min_words=6";;
+    wiki1m_instr|wikitext_instr) ingredient "${1%_instr}"; TAG=$TAG-instr
+                                 EXTRA=("stage.module.instruction='$INSTRUCTION'");;
     *) echo "unknown ingredient $1: wiki1m, wikitext, rtd, max16, min6, wiki1m_instr or wikitext_instr" >&2
        exit 2;;
   esac
