@@ -219,7 +219,7 @@ class Sentences(StreamDataModule):
     headings and "Notes": with `group_by_length` they fill whole batches of near-identical negatives;
     dropping those under 5 words cost SmolLM2 2.3 points of STS-B dev, README). `max_words`: longer ones
     are dropped (Wiki1M's median sentence has 16 words, STS-B's 10; on Gemma-3 at most 16 tied with all
-    over three seeds, README "Shorter sentences"). Random batches
+    over three seeds, experiments/wikipedia_only.md "Shorter sentences"). Random batches
     (no `group_by_length`) scored +0.8 test, +0.1 dev and +4.9 test with the STS instruction over
     three Gemma-3 seeds, and after MNTP +0.4 dev, +0.8 test (every seed higher): `make run`'s (README)."""
 

@@ -55,7 +55,7 @@ class ContrastiveLoss(nn.Module):
     partition also holds the other queries against query i, and every other query and document
     against document i: three times the in-batch negatives, all with gradients, at no extra
     forward pass. Hard negatives and memory stay on the query side. In unsupervised SimCSE on
-    Gemma-3-270M (Wiki1M, temperature 0.1) it lost 0.3 dev at one seed (README, "GTE's two-way loss").
+    Gemma-3-270M (Wiki1M, temperature 0.1) it lost 0.3 dev at one seed (experiments/wikipedia_only.md, "GTE's two-way loss").
 
     `margin` (radians): ArcCSE's additive angular margin (Zhang et al., ACL 2022, "ArcCon"; ArcFace's
     margin): each positive's cosine cos(a) is scored as cos(a + margin), so a positive must beat the
@@ -65,7 +65,7 @@ class ContrastiveLoss(nn.Module):
     partition, -s(i, i)/t + logsumexp over the negatives alone, so a pair already scored well no
     longer scales down its negatives' gradient, which InfoNCE's does most in small batches. It can
     be negative. In unsupervised SimCSE on Gemma-3-270M (Wiki1M, batches of 32) it lost 1.8 dev at
-    one seed (README, "Two combinations, SSCL, DCL and the learning rate's decay").
+    one seed (experiments/wikipedia_only.md, "Two combinations, SSCL, DCL and the learning rate's decay").
     """
 
     def __init__(self, temperature: float = 0.05, both_ways: bool = False, margin: float = 0.0,

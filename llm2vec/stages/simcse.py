@@ -7,7 +7,8 @@ trained on top. Pooling is the encoder's own forward, so training pools exactly 
 The views' noise is `attention_dropout` (LLM2Vec's: 0.3 on the attention weights) and, with
 `hidden_dropout`, BERT's dropout on each layer's attention and MLP outputs as well (SimCSE-BERT's
 noise, 0.1), which decoders do not have. On Gemma-3-270M with Wiki1M, hidden dropout 0.1 lost about
-a point of STS-B dev at one seed, beside attention dropout 0.3 or 0.1 (README, "Hidden dropout").
+a point of STS-B dev at one seed, beside attention dropout 0.3 or 0.1
+(experiments/wikipedia_only.md, "Hidden dropout").
 
 With `instruction`, the first view of every sentence carries it ([instruction, sentence]: attended
 to, never pooled) and the second does not, so the loss asks for a text's embedding alike with and
@@ -18,29 +19,30 @@ With `word_repetition` (a rate, ESimCSE's 0.32), the second view repeats a few o
 (`llm2vec.augmentation`), so the two views no longer share their length. Which words is drawn from
 the run's seed, the step and the sentence: a batch embedded twice (gradient caching) gets the same
 views, and a resumed run the same ones as before. On Gemma-3-270M with Wiki1M it tied SimCSE without
-it over three seeds (README, "Three more levers").
+it over three seeds (experiments/wikipedia_only.md, "Three more levers").
 
 With `queue_size`, the second views of the latest batches (up to that many, detached) join every
 query's negatives: more negatives at no extra compute, a cross-batch memory (Wang et al., 2020, XBM)
 in place of a larger batch. By default it holds the trained encoder's own recent embeddings, a few
-steps old. The queue travels in checkpoints, so a resumed run sees the same negatives. On Gemma-3-270M
-with Wiki1M, behind batches of 32, a queue of 32 tied over three seeds and one of 96 lost 0.25 dev at
-one seed (README, "A queue of earlier sentences").
+steps old. The queue travels in checkpoints, so a resumed run sees the same negatives. On
+Gemma-3-270M with Wiki1M, behind batches of 32, a queue of 32 tied over three seeds and one of 96
+lost 0.25 dev at one seed (experiments/wikipedia_only.md, "A queue of earlier sentences").
 
-With `momentum` (ESimCSE's 0.995; needs `queue_size`), a momentum encoder fills the queue instead, as
-in ESimCSE (Wu et al., 2022) and MoCo: the trainable weights' exponential moving average, updated
+With `momentum` (ESimCSE's 0.995; needs `queue_size`), a momentum encoder fills the queue instead,
+as in ESimCSE (Wu et al., 2022) and MoCo: the trainable weights' exponential moving average, updated
 after every optimizer step, embeds each batch's second views without gradients and with dropout off
-(keys free of dropout noise, SimCSE++'s argument for negatives), so the queue's negatives come from a
-slowly moving encoder rather than from one that changed under them. One more forward pass a step,
+(keys free of dropout noise, SimCSE++'s argument for negatives), so the queue's negatives come from
+a slowly moving encoder rather than from one that changed under them. One more forward pass a step,
 without backward. The average is swapped into the trainable weights for that pass and swapped back,
-so no second model is held; it travels in checkpoints. On Gemma-3-270M with Wiki1M (`make run`'s recipe) a queue of 96 at decay 0.9
-lost 0.1 dev and 0.9 test at one seed (README, "ESimCSE's momentum encoder").
+so no second model is held; it travels in checkpoints. On Gemma-3-270M with Wiki1M (`make run`'s
+recipe) a queue of 96 at decay 0.9 lost 0.1 dev and 0.9 test at one seed
+(experiments/wikipedia_only.md, "ESimCSE's momentum encoder").
 
 With `projection_head`, the loss compares the two views after SimCSE's MLP (Gao et al., 2021: a
 dense layer and tanh over the pooled embedding, freshly initialised, trained with the adapter and
 discarded after training, SimCSE's `--mlp_only_train` of its unsupervised BERT runs): the saved
 encoder pools without it. On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.4 dev at one
-seed (README, "Four more levers on `make run`'s recipe").
+seed (experiments/wikipedia_only.md, "Four more levers on `make run`'s recipe").
 
 With `off_dropout_negatives`, SimCSE++'s loss (Xu et al., 2023, `llm2vec.losses.off_dropout_loss`):
 each sentence also goes through the encoder with every dropout off (a third forward pass, with
@@ -49,18 +51,19 @@ enters the positive pairs only. It replaces the in-batch loss, so it takes no `q
 `both_ways` or `margin`. The dropout-free pass runs the model in eval mode: no gradient
 checkpointing there.
 On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 0.1 dev at one seed, for 1.5x the minutes
-(README, "SimCSE++'s two changes").
+(experiments/wikipedia_only.md, "SimCSE++'s two changes").
 
 With `dimension_loss_weight` (SimCSE++'s 0.1), that times SimCSE++'s dimension-wise contrastive loss
 of the two views (`llm2vec.losses.dimension_contrastive_loss`) is added to the loss, at no extra
-forward pass. On the same recipe, weight 0.1 tied it (-0.03 dev at one seed; README, ibid.).
+forward pass. On the same recipe, weight 0.1 tied it (-0.03 dev at one seed; ibid.).
 
 With `decoupled`, DCL's loss: the positive out of the partition (`llm2vec.losses.ContrastiveLoss`).
-On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 1.8 dev at one seed (README, "Two
-combinations, SSCL, DCL and the learning rate's decay").
+On Gemma-3-270M with Wiki1M (`make run`'s recipe) it lost 1.8 dev at one seed
+(experiments/wikipedia_only.md, "Two combinations, SSCL, DCL and the learning rate's decay").
 
-With `margin` (radians), ArcCSE's angular margin on the positives (`llm2vec.losses.ContrastiveLoss`).
-On the same recipe, margins of 0.1 and 0.2 lost 0.13 and 0.25 dev at one seed (README, "LoRA targets").
+With `margin` (radians), ArcCSE's angular margin on the positives
+(`llm2vec.losses.ContrastiveLoss`). On the same recipe, margins of 0.1 and 0.2 lost 0.13 and 0.25
+dev at one seed (experiments/wikipedia_only.md, "LoRA targets").
 
 With `replaced_token_weight` (DiffCSE's 0.005), that times DiffCSE's conditional replaced-token
 detection loss (`llm2vec.replaced_tokens`) is added: `replaced_token_ratio` of each sentence's text
@@ -70,9 +73,10 @@ sentence after the first view's embedding and tells which tokens were replaced. 
 passes a step (one with gradients); it needs a LoRA adapter (the generator is the model without it),
 tied input and output embeddings, and no gradient caching. On Gemma-3-270M with Wiki1M (`make run`'s
 recipe, read at layer 13) weight 0.005 gained 0.23 dev and 0.16 test (inconclusive) over three seeds
-for 3.8x the SimCSE minutes: `experiment=gemma3_wiki_diffcse` (README, "DiffCSE's replaced-token detection").
-`replaced_token_lr` gives the discriminator's own layers (the condition map and head) a learning rate
-of their own; in 30-step probes neither 1e-3 nor 1e-2 brought its loss below the base rate's (ibid.).
+for 3.8x the SimCSE minutes: `experiment=gemma3_wiki_diffcse` (experiments/wikipedia_only.md,
+"DiffCSE's replaced-token detection"). `replaced_token_lr` gives the discriminator's own layers (the
+condition map and head) a learning rate of their own; in 30-step probes neither 1e-3 nor 1e-2
+brought its loss below the base rate's (ibid.).
 
 With `layer_negatives` (a layer number), SSCL's loss (Chen et al., ACL 2023, "Alleviating
 Over-smoothing for Unsupervised Sentence Representation"): both views' states at that intermediate
@@ -81,7 +85,8 @@ sentence's own among them, so the trained embedding must move away from what an 
 already says of the same sentence; the loss is the mean of SimCSE's and that one's, as in SSCL's
 code (its default: the penultimate layer). The same forward pass, no extra compute but the scores.
 On Gemma-3-270M with Wiki1M (`make run`'s recipe, read at layer 13) layer 17 of 18 lost 0.38 dev at
-one seed (README, "Two combinations, SSCL, DCL and the learning rate's decay").
+one seed (experiments/wikipedia_only.md, "Two combinations, SSCL, DCL and the learning rate's
+decay").
 """
 
 from __future__ import annotations
