@@ -1,7 +1,7 @@
 """The Wikipedia-only recipes (`experiment=smollm2_wiki`, `gemma3_wiki`, `gemma3_wiki_diffcse`,
-`gemma3_wiki_wikitext`, `gemma3_wiki_soup`) end to end on their real models, cut to 2 steps a stage: every step trains on
-Wikipedia text, saves an encoder, and `stage=eval` on the saved encoder (how the README's scores are
-made) runs."""
+`gemma3_wiki_wikitext`, `gemma3_wiki_soup`, `gemma3_wiki_soup_instruct`) end to end on their real models, cut
+to 2 steps a stage: every step trains on Wikipedia text, saves an encoder, and `stage=eval` on the saved
+encoder (how the README's scores are made) runs."""
 
 from __future__ import annotations
 
@@ -64,21 +64,36 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     assert "STS-tiny" in json.loads((eval_dir / "metrics.json").read_text())
 
 
+SOUP_RECIPES = {
+    "gemma3_wiki_soup": (["simcse", "simcse_wikitext"], "5-soup"),
+    "gemma3_wiki_soup_instruct": (["simcse", "simcse_wikitext", "simcse_instruct", "simcse_wikitext_instruct"],
+                                  "7-soup_of_four"),
+}
+SIMCSE_SENTENCES = {"simcse": "wiki1m_first_11914.txt", "simcse_wikitext": "wikitext2_sentences.txt",
+                    "simcse_instruct": "wiki1m_first_11914.txt",
+                    "simcse_wikitext_instruct": "wikitext2_sentences.txt"}
+
+
 @pytest.mark.slow
-def test_the_soup_recipe_trains_two_simcse_runs_from_its_mntp_run_and_saves_their_soup(tmp_path, monkeypatch):
+@pytest.mark.parametrize("experiment", list(SOUP_RECIPES))
+def test_the_soup_recipes_train_their_simcse_runs_from_one_mntp_run_and_save_their_soup(experiment, tmp_path,
+                                                                                       monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
-    run_job(["experiment=gemma3_wiki_soup", *SMOKE, f"run_dir={run_dir}"])
+    run_job([f"experiment={experiment}", *SMOKE, f"run_dir={run_dir}"])
 
-    steps = ["bidirectional", "mntp", "simcse", "simcse_wikitext", "soup"]
+    simcse_steps, soup_dir = SOUP_RECIPES[experiment]
+    steps = ["bidirectional", "mntp", *simcse_steps, soup_dir.split("-", 1)[1]]
     assert list(json.loads((run_dir / "metrics.json").read_text())) == steps
-    for step, data_file in (("3-simcse", "wiki1m_first_11914.txt"), ("4-simcse_wikitext", "wikitext2_sentences.txt")):
-        config = OmegaConf.load(run_dir / step / "config.yaml")
-        assert [Path(f).name for f in config.data.files] == [data_file]
+    for number, step in enumerate(simcse_steps, 3):
+        config = OmegaConf.load(run_dir / f"{number}-{step}" / "config.yaml")
+        assert [Path(f).name for f in config.data.files] == [SIMCSE_SENTENCES[step]]
         assert config.stage.init_from == str(run_dir / "2-mntp")
-    saved = json.loads((run_dir / "5-soup" / "llm2vec_config.json").read_text())
+        instructed = step.endswith("_instruct")
+        assert config.stage.module.instruction == ("Retrieve semantically similar text:" if instructed else None)
+    saved = json.loads((run_dir / soup_dir / "llm2vec_config.json").read_text())
     assert saved["pooling_layers"] == [13] and saved["merged_adapters"] == ["merged_adapters/00"]
-    score = run_job(["stage=eval", f"stage.init_from={run_dir / '5-soup'}", *SMOKE, f"run_dir={tmp_path / 'eval'}"])
+    score = run_job(["stage=eval", f"stage.init_from={run_dir / soup_dir}", *SMOKE, f"run_dir={tmp_path / 'eval'}"])
     assert score is not None and -100 <= score <= 100
 
 
@@ -138,3 +153,22 @@ def test_the_soup_recipe_soups_the_simcse_steps_of_gemma3_wiki_and_gemma3_wiki_w
         pipeline = compose_config(["experiment=gemma3_wiki_soup"]).pipeline
     assert "stage.init_from=mntp" in pipeline.simcse_wikitext  # both from the one MNTP run
     assert list(pipeline.soup) == ["stage.ingredients=[simcse,simcse_wikitext]"]
+
+
+def test_the_instructed_soup_adds_the_soup_recipes_simcse_runs_with_the_instruction_on_one_view():
+    def training(step):
+        return {key: value for key, value in OmegaConf.to_container(step).items() if key != "pipeline"}
+
+    for plain, instructed in (("simcse", "simcse_instruct"), ("simcse_wikitext", "simcse_wikitext_instruct")):
+        base = training(simcse_step("gemma3_wiki_soup", plain))
+        with_instruction = training(simcse_step("gemma3_wiki_soup_instruct", instructed))
+        assert (base["stage"]["module"]["instruction"], with_instruction["stage"]["module"]["instruction"]) == (
+            None, "Retrieve semantically similar text:")
+        with_instruction["stage"]["module"]["instruction"] = None
+        assert with_instruction == base
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        pipeline = compose_config(["experiment=gemma3_wiki_soup_instruct"]).pipeline
+    assert pipeline.soup is None and list(pipeline)[-1] == "soup_of_four"  # the soup runs after its four runs
+    assert list(pipeline.soup_of_four) == [
+        "stage=soup", "stage.ingredients=[simcse,simcse_wikitext,simcse_instruct,simcse_wikitext_instruct]"]
+    assert all("stage.init_from=mntp" in pipeline[step] for step in ("simcse_instruct", "simcse_wikitext_instruct"))
