@@ -64,10 +64,10 @@ def test_wiki_recipe_trains_on_wikipedia_only_and_its_encoder_evaluates(experime
     assert "STS-tiny" in json.loads((eval_dir / "metrics.json").read_text())
 
 
-SOUP_RECIPES = {
-    "gemma3_wiki_soup": (["simcse", "simcse_wikitext"], "5-soup"),
+SOUP_RECIPES = {  # the SimCSE steps, then the soup's step
+    "gemma3_wiki_soup": (["simcse", "simcse_wikitext"], "soup"),
     "gemma3_wiki_soup_instruct": (["simcse", "simcse_wikitext", "simcse_instruct", "simcse_wikitext_instruct"],
-                                  "7-soup_of_four"),
+                                  "soup_of_four"),
 }
 SIMCSE_SENTENCES = {"simcse": "wiki1m_first_11914.txt", "simcse_wikitext": "wikitext2_sentences.txt",
                     "simcse_instruct": "wiki1m_first_11914.txt",
@@ -82,9 +82,10 @@ def test_the_soup_recipes_train_their_simcse_runs_from_one_mntp_run_and_save_the
     run_dir = tmp_path / "run"
     run_job([f"experiment={experiment}", *SMOKE, f"run_dir={run_dir}"])
 
-    simcse_steps, soup_dir = SOUP_RECIPES[experiment]
-    steps = ["bidirectional", "mntp", *simcse_steps, soup_dir.split("-", 1)[1]]
+    simcse_steps, soup_step = SOUP_RECIPES[experiment]
+    steps = ["bidirectional", "mntp", *simcse_steps, soup_step]
     assert list(json.loads((run_dir / "metrics.json").read_text())) == steps
+    soup_dir = f"{len(steps)}-{soup_step}"
     for number, step in enumerate(simcse_steps, 3):
         config = OmegaConf.load(run_dir / f"{number}-{step}" / "config.yaml")
         assert [Path(f).name for f in config.data.files] == [SIMCSE_SENTENCES[step]]
@@ -103,6 +104,11 @@ def simcse_step(experiment: str, step: str = "simcse"):
         recipe = compose_config([f"experiment={experiment}"])
         overrides = [o for o in recipe.pipeline[step] if not o.startswith(("stage=", "stage.init_from="))]
         return compose_config([f"experiment={experiment}", "stage=simcse", *overrides])
+
+
+def training(step) -> dict:
+    """What a composed step trains: all of it but the pipeline listing the steps."""
+    return {key: value for key, value in OmegaConf.to_container(step).items() if key != "pipeline"}
 
 
 @pytest.mark.parametrize("experiment, layer, steps", [("smollm2_wiki", 25, 250), ("gemma3_wiki", 13, 125)])
@@ -144,9 +150,6 @@ def test_the_wikitext_recipe_is_gemma3_wiki_with_wikitext_sentences():
 
 
 def test_the_soup_recipe_soups_the_simcse_steps_of_gemma3_wiki_and_gemma3_wiki_wikitext():
-    def training(step):  # what trains: all but the pipeline listing the steps
-        return {key: value for key, value in OmegaConf.to_container(step).items() if key != "pipeline"}
-
     assert training(simcse_step("gemma3_wiki_soup")) == training(simcse_step("gemma3_wiki"))
     assert training(simcse_step("gemma3_wiki_soup", "simcse_wikitext")) == training(simcse_step("gemma3_wiki_wikitext"))
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
@@ -156,9 +159,6 @@ def test_the_soup_recipe_soups_the_simcse_steps_of_gemma3_wiki_and_gemma3_wiki_w
 
 
 def test_the_instructed_soup_adds_the_soup_recipes_simcse_runs_with_the_instruction_on_one_view():
-    def training(step):
-        return {key: value for key, value in OmegaConf.to_container(step).items() if key != "pipeline"}
-
     for plain, instructed in (("simcse", "simcse_instruct"), ("simcse_wikitext", "simcse_wikitext_instruct")):
         base = training(simcse_step("gemma3_wiki_soup", plain))
         with_instruction = training(simcse_step("gemma3_wiki_soup_instruct", instructed))
