@@ -55,7 +55,8 @@ class ContrastiveLoss(nn.Module):
     partition also holds the other queries against query i, and every other query and document
     against document i: three times the in-batch negatives, all with gradients, at no extra
     forward pass. Hard negatives and memory stay on the query side. In unsupervised SimCSE on
-    Gemma-3-270M (Wiki1M, temperature 0.1) it lost 0.3 dev at one seed (experiments/wikipedia_only.md, "GTE's two-way loss").
+    Gemma-3-270M (Wiki1M, temperature 0.1) it lost 0.3 dev at one seed
+    (experiments/wikipedia_only.md, "GTE's two-way loss").
 
     `margin` (radians): ArcCSE's additive angular margin (Zhang et al., ACL 2022, "ArcCon"; ArcFace's
     margin): each positive's cosine cos(a) is scored as cos(a + margin), so a positive must beat the
