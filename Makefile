@@ -19,6 +19,8 @@ NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -m
 CPU_KEY := $(shell (grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || uname -m) | md5sum | cut -c1-12)
 LLAMA_CPP_CACHE ?= $(HOME)/.cache/pip-llama-cpp/$(CPU_KEY)
 PYTEST_ARGS ?=
+# What `make run` runs (conf/experiment/); the README's results table says what each one scores.
+EXPERIMENT ?= gemma3_wiki
 
 .PHONY: setup run test test-fast bench clean
 
@@ -37,7 +39,7 @@ $(STAMP): pyproject.toml Makefile
 # each step (25-40 minutes on 2 cores with AMX, about 40 in fp32 on AVX-512 ones, 1 h 45 on AVX2 ones;
 # conf/experiment/gemma3_wiki.yaml).
 run: setup
-	$(PY) run.py experiment=gemma3_wiki $(ARGS)
+	$(PY) run.py experiment=$(EXPERIMENT) $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
