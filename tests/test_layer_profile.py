@@ -27,3 +27,12 @@ def test_the_last_layer_of_the_profile_is_the_encoders_embedding():
     assert torch.allclose(layers[1], middle.float(), atol=1e-4)
     raw = load_script().layer_embeddings(encoder, TEXTS, batch_size=2, raw=True)
     assert torch.allclose(raw[-1], layers[-1]) and not torch.allclose(raw[1], layers[1], atol=1e-2)
+
+
+def test_an_instruction_is_read_as_the_encoder_reads_it():
+    encoder = LLM2Vec.from_pretrained("tiny-random-llama").eval()
+    pairs = [["Retrieve semantically similar text:", text] for text in TEXTS]
+    layers = load_script().layer_embeddings(encoder, pairs, batch_size=2)
+    assert torch.allclose(layers[-1], encoder.encode(pairs, convert_to_tensor=True).float(), atol=1e-4)
+    plain = load_script().layer_embeddings(encoder, TEXTS, batch_size=2)
+    assert not torch.allclose(layers[-1], plain[-1], atol=1e-3)
