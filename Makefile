@@ -35,9 +35,9 @@ $(STAMP): pyproject.toml Makefile
 	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install -q --cache-dir "$(LLAMA_CPP_CACHE)" -e ".[deploy]"
 	touch $(STAMP)
 
-# The main job: the best Wikipedia-only recipe, Gemma-3-270M bidirectional -> MNTP -> SimCSE, STS-B after
+# The main job: the Wikipedia-only recipe, Gemma-3-270M bidirectional -> MNTP -> SimCSE, STS-B after
 # each step (25-40 minutes on 2 cores with AMX, about 40 in fp32 on AVX-512 ones, 1 h 45 on AVX2 ones;
-# conf/experiment/gemma3_wiki.yaml).
+# conf/experiment/gemma3_wiki.yaml); `make run EXPERIMENT=gemma3_wiki_soup` runs dev's choice instead.
 run: setup
 	$(PY) run.py experiment=$(EXPERIMENT) $(ARGS)
 
