@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: the Wikipedia-only recipe, Gemma-3-270M bidirectional -> MNTP -> SimCSE, STS-B after
 # each step (25-40 minutes on 2 cores with AMX, about 40 in fp32 on AVX-512 ones, 1 h 45 on AVX2 ones;
-# conf/experiment/gemma3_wiki.yaml); `make run EXPERIMENT=gemma3_wiki_soup` runs dev's choice instead.
+# conf/experiment/gemma3_wiki.yaml); `make run EXPERIMENT=<name>` runs another (README: which dev chooses).
 run: setup
 	$(PY) run.py experiment=$(EXPERIMENT) $(ARGS)
 
