@@ -94,7 +94,7 @@ def test_the_soup_recipes_train_their_simcse_runs_from_one_mntp_run_and_save_the
         assert config.stage.module.instruction == ("Retrieve semantically similar text:" if instructed else None)
     saved = json.loads((run_dir / soup_dir / "llm2vec_config.json").read_text())
     assert saved["pooling_layers"] == [13] and saved["merged_adapters"] == ["merged_adapters/00"]
-    # the soup of four is scored read with the instruction, as dev chose it; the plain soup without
+    # the soup of four is scored read with the instruction (its better reading on dev); the plain soup without
     evaluated_with = OmegaConf.load(run_dir / soup_dir / "config.yaml").eval.instruction
     assert evaluated_with == ("Retrieve semantically similar text:" if experiment.endswith("_instruct") else None)
     score = run_job(["stage=eval", f"stage.init_from={run_dir / soup_dir}", *SMOKE, f"run_dir={tmp_path / 'eval'}"])
@@ -174,5 +174,5 @@ def test_the_instructed_soup_adds_the_soup_recipes_simcse_runs_with_the_instruct
     assert pipeline.soup is None and list(pipeline)[-1] == "soup_of_four"  # the soup runs after its four runs
     assert list(pipeline.soup_of_four) == [
         "stage=soup", "stage.ingredients=[simcse,simcse_wikitext,simcse_instruct,simcse_wikitext_instruct]",
-        "eval.instruction='Retrieve semantically similar text:'"]  # scored as dev chose it: with the instruction
+        "eval.instruction='Retrieve semantically similar text:'"]  # scored read with the instruction
     assert all("stage.init_from=mntp" in pipeline[step] for step in ("simcse_instruct", "simcse_wikitext_instruct"))
